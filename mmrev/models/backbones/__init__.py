@@ -1,0 +1,3 @@
+from .revvit import RevViT
+
+__all__ = ['RevViT']

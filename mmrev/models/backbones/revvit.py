@@ -1,0 +1,204 @@
+"""Reversible Vision Transformer (RevViT), Mangalam et al., CVPR 2022."""
+from collections import OrderedDict
+from typing import Sequence, Tuple, Union
+
+import torch
+from mmcv.cnn.bricks import DropPath
+from mmpretrain.models.backbones.base_backbone import BaseBackbone
+from mmpretrain.models.utils import build_norm_layer, to_2tuple
+from torch import Tensor, nn
+
+from mmrev.registry import MODELS
+from mmrev.reversible import ReversibleBlock, ReversibleSequence
+
+from ..layers import Attention, Mlp, PatchEmbed, grid_pos_embed, resize_pos_embed_hook
+
+
+def drop_path_or_identity(rate: float) -> nn.Module:
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
+                  drop_rate: float, drop_path_rate: float, qkv_bias: bool,
+                  norm_cfg: dict, mlp_chunks: int) -> ReversibleBlock:
+    """``Y1 = X1 + DropPath(Attn(LN(X2)))``, ``Y2 = X2 + DropPath(MLP(LN(Y1)))``."""
+    f = nn.Sequential(OrderedDict(
+        norm=build_norm_layer(norm_cfg, embed_dims),
+        attn=Attention(embed_dims, num_heads, qkv_bias, proj_drop=drop_rate),
+        drop_path=drop_path_or_identity(drop_path_rate)))
+    g = nn.Sequential(OrderedDict(
+        norm=build_norm_layer(norm_cfg, embed_dims),
+        mlp=Mlp(embed_dims, feedforward_channels, drop=drop_rate),
+        drop_path=drop_path_or_identity(drop_path_rate)))
+    return ReversibleBlock(f, g, g_chunks=mlp_chunks)
+
+
+@MODELS.register_module()
+class RevViT(BaseBackbone):
+    """Reversible Vision Transformer, as the official SlowFast ``MVIT.REV`` ViT.
+
+    Both streams start as copies of the embedded patches; each block computes
+    ``Y1 = X1 + Attn(X2)``, ``Y2 = X2 + MLP(Y1)``; the output is the LayerNorm of the
+    ``[Y1, Y2]`` concatenation (2C channels). No class token.
+
+    Args:
+        arch (str | dict): ``'small'``, ``'base'``, ``'large'``, or a dict with keys
+            ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels``.
+            Defaults to ``'base'``.
+        img_size (int | tuple): the input size the position embedding is made for;
+            other sizes are interpolated. Defaults to 224.
+        patch_size (int): patch size. Defaults to 16.
+        in_channels (int): image channels. Defaults to 3.
+        drop_rate (float): dropout after the position embedding, the attention
+            projection and the MLP layers. Defaults to 0.
+        drop_path_rate (float): stochastic depth, rising linearly to this rate over
+            the layers. Defaults to 0.
+        qkv_bias (bool): bias in the q, k, v projection. Defaults to True.
+        norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
+        final_norm (bool): LayerNorm over the 2C output. Defaults to True.
+        out_type (str): ``'avg_featmap'``: mean over tokens, (B, 2C);
+            ``'featmap'``: (B, 2C, H, W); ``'raw'``: (B, H*W, 2C).
+            Defaults to ``'avg_featmap'``.
+        frozen_stages (int): -1: nothing frozen; 0: patch and position embedding;
+            k > 0: also the first k layers. Defaults to -1.
+        reversible (bool): reversible backprop in training (memory constant in
+            depth); False: ordinary backprop through the same blocks, with the same
+            gradients. Defaults to True.
+        mlp_chunks (int): split the MLP's backward recompute over this many chunks of
+            rows to cut peak memory; needs ``drop_rate=0``. Defaults to 1.
+        init_cfg (dict | list, optional): initialisation config.
+    """
+    arch_zoo = {
+        **dict.fromkeys(['s', 'small'], dict(
+            embed_dims=384, num_layers=12, num_heads=6, feedforward_channels=1536)),
+        **dict.fromkeys(['b', 'base'], dict(
+            embed_dims=768, num_layers=12, num_heads=12, feedforward_channels=3072)),
+        **dict.fromkeys(['l', 'large'], dict(
+            embed_dims=1024, num_layers=24, num_heads=16, feedforward_channels=4096)),
+    }
+    OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 img_size: Union[int, Sequence[int]] = 224,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 qkv_bias: bool = True,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 final_norm: bool = True,
+                 out_type: str = 'avg_featmap',
+                 frozen_stages: int = -1,
+                 reversible: bool = True,
+                 mlp_chunks: int = 1,
+                 init_cfg=[
+                     dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
+                     dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
+                 ]):
+        super().__init__(init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        if mlp_chunks > 1 and drop_rate > 0:
+            raise ValueError('mlp_chunks > 1 replays per-sample randomness only; '
+                             'set drop_rate=0 or mlp_chunks=1')
+        num_layers = self.arch_settings['num_layers']
+        if not -1 <= frozen_stages <= num_layers:
+            raise ValueError(f'frozen_stages must be in [-1, {num_layers}], '
+                             f'got {frozen_stages}')
+        self.embed_dims = self.arch_settings['embed_dims']
+        self.patch_size = patch_size
+        self.out_type = out_type
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size,
+                                      patch_size)
+        self.patch_resolution = tuple(s // patch_size for s in to_2tuple(img_size))
+        num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, self.embed_dims))
+        self._register_load_state_dict_pre_hook(resize_pos_embed_hook,
+                                                with_module=True)
+        self.drop_after_pos = nn.Dropout(drop_rate)
+
+        drop_path_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        self.layers = ReversibleSequence([
+            rev_vit_block(self.embed_dims, self.arch_settings['num_heads'],
+                          self.arch_settings['feedforward_channels'], drop_rate, rate,
+                          qkv_bias, norm_cfg, mlp_chunks)
+            for rate in drop_path_rates
+        ], reversible=reversible)
+        self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
+                     if final_norm else nn.Identity())
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch.lower() not in cls.arch_zoo:
+                raise ValueError(f'Unknown RevViT arch {arch!r}; choose one of '
+                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
+            return cls.arch_zoo[arch.lower()]
+        keys = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
+        if not isinstance(arch, dict) or set(arch) != keys:
+            raise ValueError(f'A custom arch must be a dict with exactly the keys '
+                             f'{sorted(keys)}, got {arch!r}')
+        return arch
+
+    @property
+    def reversible(self) -> bool:
+        return self.layers.reversible
+
+    @reversible.setter
+    def reversible(self, value: bool) -> None:
+        self.layers.reversible = value
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if not (isinstance(self.init_cfg, dict)
+                and self.init_cfg['type'] == 'Pretrained'):
+            nn.init.trunc_normal_(self.pos_embed, std=.02)
+
+    def _frozen_modules(self) -> list:
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.patch_embed, self.drop_after_pos]
+        modules += list(self.layers[:self.frozen_stages])
+        if self.frozen_stages == len(self.layers):
+            modules.append(self.norm)
+        return modules
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.pos_embed.requires_grad = False
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'RevViT':
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
+        H, W = x.shape[-2:]
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(
+                f'Input size {H}x{W} is not a multiple of the patch size '
+                f'{self.patch_size}: resize or pad the image to a multiple of '
+                f'{self.patch_size}')
+        x = self.patch_embed(x)
+        x = x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
+        return self.drop_after_pos(x)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor]:
+        x = self.embed(x)
+        x = self.norm(torch.cat(self.layers(x, x), dim=-1))
+        if self.out_type == 'avg_featmap':
+            return (x.mean(dim=(1, 2)), )
+        if self.out_type == 'featmap':
+            return (x.permute(0, 3, 1, 2).contiguous(), )
+        return (x.flatten(1, 2), )

@@ -1,0 +1,13 @@
+"""Registries of the ``mmrev`` scope.
+
+Children of mmengine's root registries, so that ``type='mmrev.RevViT'`` resolves from
+configs whose default scope is ``mmpretrain`` or ``mmdet``.
+"""
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmrev',
+                  locations=['mmrev.models'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmrev',
+                 locations=['mmrev.engine'])

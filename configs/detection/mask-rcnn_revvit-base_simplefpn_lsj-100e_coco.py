@@ -1,0 +1,24 @@
+# Mask R-CNN with a RevViT-B backbone and mmrev's simple feature pyramid (ViTDet style):
+# RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64.
+_base_ = './_base_/mask-rcnn_lsj-100e_coco.py'
+
+# An ImageNet RevViT-B: an mmrev classification checkpoint, or the official REV_VIT_B.pyth
+# converted with tools/model_converters (keys 'backbone.*'). The 224 position embedding
+# is interpolated to 1024 on load.
+pretrained = 'checkpoints/revvit-base_in1k.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmrev.RevViT',
+        arch='base',
+        img_size=1024,
+        drop_path_rate=0.1,
+        out_type='featmap',
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(
+        _delete_=True,
+        type='mmrev.SimpleFPN',
+        in_channels=2 * 768,
+        out_channels=256,
+        scale_factors=(4, 2, 1, 0.5),
+        num_outs=5))

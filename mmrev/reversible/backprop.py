@@ -15,15 +15,18 @@ from .coupling import ReversibleBlock, Streams
 class _ReversibleFunction(torch.autograd.Function):
     """Runs ``blocks`` without saving activations; recomputes them in backward.
 
-    The parameters are passed as inputs although their gradients are accumulated by the
-    blocks themselves: so that the backward runs even when the stack's input needs no
-    gradient (a frozen stem), and so that DDP sees the parameters as used.
+    The trainable parameters are inputs of the Function and their gradients are its
+    outputs, as for any autograd op: autograd accumulates each parameter's gradient
+    once, so DDP's gradient hooks fire once (in any of its modes, ``no_sync``
+    included), and the backward runs even when the stack's input needs no gradient
+    (a frozen stem). Accumulating them into ``.grad`` inside the backward instead
+    would fire DDP's hooks twice: autograd still visits every input's accumulator.
     """
 
     @staticmethod
     def forward(ctx, x1: Tensor, x2: Tensor, blocks: 'ReversibleSequence',
                 *params: Tensor) -> Streams:
-        ctx.blocks, ctx.states = blocks, []
+        ctx.blocks, ctx.params, ctx.states = blocks, params, []
         for block in blocks:
             x1, x2 = block(x1, x2, ctx.states)
         ctx.save_for_backward(x1, x2)
@@ -32,12 +35,12 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor) -> Tuple:
         y1, y2 = ctx.saved_tensors
-        states = ctx.states
+        states, param_grads = ctx.states, {}
         for i in reversed(range(len(ctx.blocks))):
             y1, y2, dy1, dy2 = ctx.blocks[i].backward_pass(
-                y1, y2, dy1, dy2, states[2 * i], states[2 * i + 1])
+                y1, y2, dy1, dy2, states[2 * i], states[2 * i + 1], param_grads)
         del ctx.states
-        return (dy1, dy2, None) + (None, ) * (len(ctx.needs_input_grad) - 3)
+        return (dy1, dy2, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
 class ReversibleSequence(nn.ModuleList):

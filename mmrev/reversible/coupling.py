@@ -1,6 +1,6 @@
 """The reversible block: additive coupling of two streams, and its inverse."""
 from contextlib import nullcontext
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -8,25 +8,20 @@ from torch import Tensor, nn
 from .replay import ForwardState
 
 Streams = Tuple[Tensor, Tensor]
+ParamGrads = Dict[Tensor, Tensor]
 
 
 def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
-                   chunks: int = 1) -> Tuple[Tensor, Tensor]:
+                   param_grads: ParamGrads, chunks: int = 1) -> Tuple[Tensor, Tensor]:
     """Rerun ``fn(x)`` as in the forward and backpropagate ``dy`` through it.
 
-    Parameter gradients are accumulated into ``.grad`` (once per parameter, so
-    DDP's gradient hooks fire once). Returns ``fn(x)`` and the gradient of ``x``.
-    With ``chunks > 1`` the rerun is split along dim 1 to bound its activation memory.
+    Returns ``fn(x)`` and the gradient of ``x``; the gradients of ``fn``'s trainable
+    parameters go into ``param_grads`` (not into ``.grad``: the caller hands them to
+    autograd). With ``chunks > 1`` the rerun is split along dim 1 to bound its
+    activation memory.
     """
-    if chunks == 1:
-        x = x.detach().requires_grad_()
-        with torch.enable_grad(), state.replay():
-            out = fn(x)
-        torch.autograd.backward(out, dy.to(out.dtype))
-        return out.detach(), x.grad
-
     params = [p for p in fn.parameters() if p.requires_grad]
-    outs, dxs, dparams = [], [], [None] * len(params)
+    outs, dxs = [], []
     for x_part, dy_part in zip(x.chunk(chunks, 1), dy.chunk(chunks, 1)):
         x_part = x_part.detach().requires_grad_()
         with torch.enable_grad(), state.replay():
@@ -35,11 +30,15 @@ def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
             out, [x_part, *params], dy_part.to(out.dtype), allow_unused=True)
         outs.append(out.detach())
         dxs.append(dx)
-        dparams = [g if acc is None else acc if g is None else acc.add_(g)
-                   for acc, g in zip(dparams, grads)]
-    used = [(p, g) for p, g in zip(params, dparams) if g is not None]
-    if used:
-        torch.autograd.backward(*zip(*used))
+        for param, grad in zip(params, grads):
+            if grad is None:
+                continue
+            if param in param_grads:
+                param_grads[param].add_(grad)
+            else:
+                param_grads[param] = grad
+    if chunks == 1:
+        return outs[0], dxs[0]
     return torch.cat(outs, 1), torch.cat(dxs, 1)
 
 
@@ -83,13 +82,15 @@ class ReversibleBlock(nn.Module):
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,
-                      f_state: ForwardState,
-                      g_state: ForwardState) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """From outputs and their gradients, return inputs and their gradients."""
-        g_y1, dy1_through_g = _recompute_vjp(self.g, y1, dy2, g_state, self.g_chunks)
+                      f_state: ForwardState, g_state: ForwardState,
+                      param_grads: ParamGrads) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From outputs and their gradients, return inputs and their gradients;
+        add the parameters' gradients to ``param_grads``."""
+        g_y1, dy1_through_g = _recompute_vjp(self.g, y1, dy2, g_state, param_grads,
+                                             self.g_chunks)
         x2 = y2 - g_y1
         dx1 = dy1 + dy1_through_g
-        f_x2, dx2_through_f = _recompute_vjp(self.f, x2, dx1, f_state)
+        f_x2, dx2_through_f = _recompute_vjp(self.f, x2, dx1, f_state, param_grads)
         x1 = y1 - f_x2
         dx2 = dy2 + dx2_through_f
         return x1, x2, dx1, dx2

@@ -1,0 +1,29 @@
+from .convert_file import (
+    ConversionResult,
+    check_weights_fit,
+    convert_slowfast_file,
+    load_checkpoint_file,
+)
+from .slowfast import (
+    SlowFastConversionError,
+    convert_slowfast_checkpoint,
+    convert_state_dict,
+    detect_model_kind,
+    is_slowfast_checkpoint,
+    slowfast_state_dict,
+)
+from .slowfast_config import (
+    ModelSpec,
+    classifier_config,
+    config_text,
+    spec_from_slowfast_cfg,
+    spec_from_state_dict,
+)
+
+__all__ = [
+    'ConversionResult', 'ModelSpec', 'SlowFastConversionError', 'check_weights_fit',
+    'classifier_config', 'config_text', 'convert_slowfast_checkpoint',
+    'convert_slowfast_file', 'convert_state_dict', 'detect_model_kind',
+    'is_slowfast_checkpoint', 'load_checkpoint_file', 'slowfast_state_dict',
+    'spec_from_slowfast_cfg', 'spec_from_state_dict'
+]

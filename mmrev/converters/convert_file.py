@@ -1,0 +1,186 @@
+"""SlowFast checkpoint file -> mmpretrain checkpoint file (and config file).
+
+Every problem is found before anything is written, and files are written to a
+temporary file in the destination folder, then moved into place: a failed conversion
+leaves no partial file and changes no existing one.
+"""
+import os
+import os.path as osp
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from mmengine.registry import DefaultScope
+from torch import Tensor
+
+from .slowfast import (
+    SlowFastConversionError,
+    convert_slowfast_checkpoint,
+    detect_model_kind,
+    preview_keys,
+    slowfast_state_dict,
+)
+from .slowfast_config import (
+    ModelSpec,
+    classifier_config,
+    config_text,
+    spec_from_slowfast_cfg,
+    spec_from_state_dict,
+)
+
+
+@dataclass
+class ConversionResult:
+    """Where :func:`convert_slowfast_file` wrote what, and the model converted."""
+    checkpoint: str
+    config: Optional[str]
+    spec: ModelSpec
+    num_tensors: int
+
+
+def load_checkpoint_file(path: str):
+    """``torch.load`` of a local file (``weights_only``), with a clear error for a
+    missing file or one that is not a PyTorch checkpoint."""
+    if not osp.isfile(path):
+        raise SlowFastConversionError(
+            f'{path} is a directory, not a checkpoint file' if osp.isdir(path) else
+            f'No such file: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a file it cannot read
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SlowFastConversionError(
+            f'{path} is not a PyTorch checkpoint that can be loaded safely '
+            f'(torch.load: {reason})') from e
+
+
+def check_destination(dst: str, src: str, force: bool) -> None:
+    """Refuse a destination that exists (unless ``force``), is the source, or cannot
+    be written."""
+    folder = osp.dirname(osp.abspath(dst))
+    if osp.exists(src) and osp.exists(dst) and osp.samefile(src, dst):
+        raise SlowFastConversionError(
+            f'The destination {dst} is the source checkpoint: choose another path')
+    if osp.isdir(dst):
+        raise SlowFastConversionError(
+            f'The destination {dst} is a directory: give a file path')
+    if osp.lexists(dst) and not force:
+        raise SlowFastConversionError(
+            f'{dst} already exists: pass --force (force=True) to overwrite it')
+    if not osp.isdir(folder):
+        raise SlowFastConversionError(
+            f'Cannot write {dst}: the folder {folder} does not exist')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SlowFastConversionError(
+            f'Cannot write {dst}: no write permission in {folder}')
+
+
+def check_weights_fit(state_dict: Dict[str, Tensor], spec: ModelSpec) -> None:
+    """Raise, listing every missing, unexpected or wrongly shaped key, unless
+    ``state_dict`` loads with ``strict=True`` into the classifier of ``spec``."""
+    from mmpretrain.registry import MODELS
+    try:
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            expected = MODELS.build(classifier_config(spec)).state_dict()
+    except (ValueError, TypeError, KeyError) as e:
+        raise SlowFastConversionError(
+            f'Cannot build the model {spec.backbone}: {e}') from e
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f'{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})'
+                  for k, v in state_dict.items()
+                  if k in expected and v.shape != expected[k].shape]
+    for what, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                       ('shape mismatches', mismatched)):
+        if keys:
+            problems.append(f'{what} {preview_keys(keys)}')
+    if problems:
+        raise SlowFastConversionError(
+            f'The weights do not fit {spec.kind} with arch '
+            f'{spec.backbone["arch"]}: ' + '; '.join(problems))
+
+
+def convert_slowfast_file(src: str, dst: str, force: bool = False,
+                          arch: Optional[Union[str, dict]] = None,
+                          progress: bool = False,
+                          log: Callable[[str], None] = lambda msg: None
+                          ) -> ConversionResult:
+    """Convert the SlowFast checkpoint ``src`` into the mmpretrain checkpoint ``dst``.
+
+    When ``src`` carries SlowFast's ``cfg``, an mmpretrain config for the model is
+    written next to ``dst`` (same name, ``.py``); otherwise the architecture is
+    inferred from the weights, or taken from ``arch``.
+
+    Args:
+        src (str): SlowFast checkpoint (``{'model_state', 'cfg', ...}``) or state_dict.
+        dst (str): the checkpoint to write.
+        force (bool): overwrite existing destination files. Defaults to False.
+        arch (str | dict, optional): backbone arch (name or dict), instead of the one
+            in ``cfg`` or inferred from the weights.
+        progress (bool): show a progress bar over the weights. Defaults to False.
+        log (callable): receives progress messages.
+
+    Raises:
+        SlowFastConversionError: any problem, before anything is written.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if dst.endswith('.py'):
+        raise SlowFastConversionError(
+            f'The destination {dst} ends in .py, the name of its config file: '
+            'use a checkpoint name such as .pth')
+    check_destination(dst, src, force)
+    log(f'Loading {src}')
+    checkpoint = load_checkpoint_file(src)
+    state_dict = slowfast_state_dict(checkpoint)
+    cfg_text = checkpoint.get('cfg') if 'model_state' in checkpoint else None
+    if isinstance(cfg_text, str):
+        spec = spec_from_slowfast_cfg(cfg_text)
+    else:
+        spec = spec_from_state_dict(state_dict, detect_model_kind(state_dict), arch)
+    if arch is not None:
+        spec.backbone['arch'] = arch
+    config_path = osp.splitext(dst)[0] + '.py' if isinstance(cfg_text, str) else None
+    if config_path:
+        check_destination(config_path, src, force)
+    log(f'Converting {len(state_dict)} tensors of a SlowFast {spec.kind}')
+    converted = convert_slowfast_checkpoint(checkpoint, progress)
+    converted['meta']['source'] = osp.basename(src)
+    check_weights_fit(converted['state_dict'], spec)
+
+    writers = {dst: lambda f: torch.save(converted, f)}
+    if config_path:
+        text = config_text(spec, osp.basename(src)).encode()
+        writers[config_path] = lambda f: f.write(text)
+    log('Writing ' + ' and '.join(writers))
+    write_atomically(writers)
+    return ConversionResult(dst, config_path, spec, len(converted['state_dict']))
+
+
+def write_atomically(writers: Dict[str, Callable]) -> None:
+    """Write each file through ``writers[path](binary_file)`` into a temporary file
+    beside it; move them all into place only once every one is written."""
+    temporaries: List[str] = []
+    try:
+        for path, write in writers.items():
+            fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)),
+                                       prefix=f'.{osp.basename(path)}.', suffix='.tmp')
+            temporaries.append(tmp)
+            with os.fdopen(fd, 'wb') as f:
+                write(f)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in zip(temporaries, writers):
+            os.replace(tmp, path)
+    except OSError as e:
+        raise SlowFastConversionError(f'Cannot write {list(writers)}: {e}') from e
+    finally:
+        for tmp in temporaries:
+            if osp.exists(tmp):
+                os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,290 @@
+"""SlowFast checkpoint conversion, checked against outputs of the official SlowFast code."""
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+from mmpretrain import get_model
+from mmpretrain.registry import MODELS
+
+from mmrev.converters import (
+    SlowFastConversionError,
+    classifier_config,
+    convert_slowfast_file,
+    convert_state_dict,
+    detect_model_kind,
+    spec_from_state_dict,
+)
+
+FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
+CLI = Path(__file__).parents[1] / 'tools' / 'model_converters' / 'slowfast_to_mmrev.py'
+TINY_MODELS = ['revvit_tiny']
+
+
+def run_cli(*args) -> int:
+    """Run the converter's command line in this process; its exit status."""
+    argv = sys.argv
+    sys.argv = [str(CLI), *map(str, args)]
+    try:
+        runpy.run_path(str(CLI), run_name='__main__')
+    except SystemExit as e:
+        return 0 if e.code is None else (e.code if isinstance(e.code, int) else 1)
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def load_fixture(name: str) -> dict:
+    return torch.load(FIXTURES / f'{name}.pyth', weights_only=True)
+
+
+def save_checkpoint(checkpoint, path: Path) -> Path:
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_converted_fixture_reproduces_slowfast(name, tmp_path):
+    dst = tmp_path / f'{name}.pth'
+    result = convert_slowfast_file(FIXTURES / f'{name}.pyth', dst)
+    assert result.config == str(tmp_path / f'{name}.py')
+    expected = torch.load(FIXTURES / f'{name}_io.pt', weights_only=True)
+
+    model = get_model(result.config, pretrained=str(dst))
+    with torch.no_grad():
+        features = model.extract_feat(expected['input'])
+        assert torch.allclose(features[0], expected['features'], rtol=0, atol=1e-5)
+        assert torch.allclose(model.head(features), expected['logits'], rtol=0, atol=1e-5)
+        scores = torch.stack([s.pred_score for s in model.predict(expected['input'])])
+        assert torch.allclose(scores, expected['output'], rtol=0, atol=1e-6)
+
+        model.double()
+        features = model.extract_feat(expected['input'].double())
+        assert torch.allclose(features[0], expected['features_fp64'], rtol=0, atol=1e-10)
+        assert torch.allclose(model.head(features), expected['logits_fp64'], rtol=0,
+                              atol=1e-10)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_cli_writes_what_the_api_writes(name, tmp_path):
+    api = convert_slowfast_file(FIXTURES / f'{name}.pyth', tmp_path / 'api.pth')
+    assert run_cli(FIXTURES / f'{name}.pyth', tmp_path / 'cli.pth') == 0
+    from_api = torch.load(api.checkpoint, weights_only=True)
+    from_cli = torch.load(tmp_path / 'cli.pth', weights_only=True)
+    assert list(from_cli['state_dict']) == list(from_api['state_dict'])
+    for key, value in from_api['state_dict'].items():
+        assert torch.equal(from_cli['state_dict'][key], value)
+    assert (tmp_path / 'cli.py').read_text() == Path(api.config).read_text()
+    assert from_cli['meta']['model'] == from_api['meta']['model']
+
+
+def pretrained_classifier(config_path: str, checkpoint: str, on_backbone: bool):
+    """The classifier of ``config_path``, initialised by ``init_cfg`` from
+    ``checkpoint``: on the classifier, or on the backbone with ``prefix='backbone.'``
+    (as an mmdet detector's backbone loads a classification checkpoint)."""
+    from mmengine import Config
+    cfg = Config.fromfile(config_path).model
+    init_cfg = dict(type='Pretrained', checkpoint=checkpoint)
+    if on_backbone:
+        cfg.backbone.init_cfg = dict(init_cfg, prefix='backbone.')
+    else:
+        cfg.init_cfg = init_cfg
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize('on_backbone', [False, True])
+def test_converted_checkpoint_loads_through_init_cfg(on_backbone, tmp_path):
+    result = convert_slowfast_file(FIXTURES / 'revvit_tiny.pyth', tmp_path / 'revvit.pth')
+    model = pretrained_classifier(result.config, result.checkpoint, on_backbone)
+    expected = torch.load(FIXTURES / 'revvit_tiny_io.pt', weights_only=True)
+    with torch.no_grad():
+        features = model.extract_feat(expected['input'])[0]
+    assert torch.allclose(features, expected['features'], rtol=0, atol=1e-5)
+
+
+def manifest_state_dict(name: str) -> dict:
+    """A state_dict with exactly the keys and shapes of a full-size SlowFast model."""
+    state_dict = {}
+    for line in (FIXTURES / f'{name}_keys.txt').read_text().splitlines():
+        key, shape, *_ = line.split('\t')
+        if key != 'total_params':
+            state_dict[key] = torch.empty(json.loads(shape))
+    return state_dict
+
+
+@pytest.mark.parametrize('name, kind, arch', [
+    ('REV_VIT_S', 'RevViT', 'small'),
+    ('REV_VIT_B', 'RevViT', 'base'),
+])
+def test_full_size_manifest_loads_strictly(name, kind, arch):
+    state_dict = manifest_state_dict(name)
+    assert detect_model_kind(state_dict) == kind
+    spec = spec_from_state_dict(state_dict, kind)
+    assert spec.backbone['arch'] == arch and spec.num_classes == 1000
+    converted = convert_state_dict(state_dict)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier', backbone=dict(type=f'mmrev.{kind}', arch=arch),
+            head=dict(type='LinearClsHead', num_classes=1000,
+                      in_channels=spec.head_channels)))
+    incompatible = model.load_state_dict(converted, strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert sum(v.numel() for v in converted.values()) == sum(
+        p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- bad input
+def revvit_checkpoint(**changes) -> dict:
+    """The tiny RevViT fixture checkpoint with ``model_state`` entries replaced
+    (None: removed)."""
+    checkpoint = load_fixture('revvit_tiny')
+    for key, value in changes.items():
+        key = key.replace('__', '.')
+        if value is None:
+            del checkpoint['model_state'][key]
+        else:
+            checkpoint['model_state'][key] = value
+    return checkpoint
+
+
+def resnet_state_dict() -> dict:
+    from torchvision.models import resnet18
+    return resnet18().state_dict()
+
+
+def mvit_state_dict() -> dict:
+    """Keys of a plain (non-reversible) SlowFast MViTv2."""
+    return {'patch_embed.proj.weight': torch.zeros(96, 3, 7, 7),
+            'blocks.0.attn.qkv.weight': torch.zeros(288, 96),
+            'blocks.0.attn.pool_q.weight': torch.zeros(96, 1, 3, 3, 3),
+            'head.projection.weight': torch.zeros(400, 768)}
+
+
+def bad_cfg_checkpoint() -> dict:
+    checkpoint = load_fixture('revvit_tiny')
+    checkpoint['cfg'] = checkpoint['cfg'].replace('CLS_EMBED_ON: false',
+                                                  'CLS_EMBED_ON: true')
+    return checkpoint
+
+
+BAD_CHECKPOINTS = {
+    'resnet': (resnet_state_dict, r'No rev_backbone\.layers\.\* keys.*conv1\.weight'),
+    'plain_mvit': (mvit_state_dict, 'non-reversible MViT'),
+    'mmpretrain_checkpoint': (lambda: {'state_dict': {}, 'meta': {}},
+                              'OpenMMLab checkpoint'),
+    'not_a_dict': (lambda: [torch.zeros(1)], 'Expected a checkpoint dict'),
+    'missing_key': (lambda: revvit_checkpoint(rev_backbone__layers__3__G__mlp__fc2__bias=None),
+                    r"missing keys 'backbone\.layers\.3\.g\.mlp\.fc2\.bias'"),
+    'missing_k': (lambda: revvit_checkpoint(rev_backbone__layers__1__F__attn__k__weight=None),
+                  r'Incomplete attention.*layers\.1\.f\.attn\.k\.weight'),
+    'unexpected_key': (lambda: revvit_checkpoint(
+        rev_backbone__layers__0__F__attn__rel_pos_h=torch.zeros(3, 8)),
+        r"Unexpected keys.*'rev_backbone\.layers\.0\.F\.attn\.rel_pos_h'"),
+    'extra_layer': (lambda: revvit_checkpoint(
+        rev_backbone__layers__4__G__norm__weight=torch.ones(64)),
+        r"unexpected keys 'backbone\.layers\.4\.g\.norm\.weight'"),
+    'shape_mismatch': (lambda: revvit_checkpoint(
+        rev_backbone__layers__2__G__mlp__fc1__weight=torch.zeros(128, 64)),
+        r'shape mismatches .*layers\.2\.g\.mlp\.fc1\.weight \(128, 64\) '
+        r'\(model: \(256, 64\)\)'),
+    'qkv_shape_mismatch': (lambda: revvit_checkpoint(
+        rev_backbone__layers__0__F__attn__v__weight=torch.zeros(32, 64)),
+        'q, k, v of .*layers.0.f.attn.qkv.weight have shapes'),
+    'unsupported_cfg': (bad_cfg_checkpoint, r'MVIT\.CLS_EMBED_ON = True is not supported'),
+}
+
+
+def assert_cli_fails(tmp_path, src, dst, message, capsys, *args):
+    """The CLI exits non-zero, says ``message``, and leaves ``tmp_path`` unchanged."""
+    before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    assert run_cli(src, dst, *args) != 0
+    assert message in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize('case', sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoint_is_refused(case, tmp_path, capsys):
+    make, message = BAD_CHECKPOINTS[case]
+    src = save_checkpoint(make(), tmp_path / 'src.pyth')
+    with pytest.raises(SlowFastConversionError, match=message):
+        convert_slowfast_file(src, tmp_path / 'dst.pth')
+    assert sorted(os.listdir(tmp_path)) == ['src.pyth']
+    assert_cli_fails(tmp_path, src, tmp_path / 'dst.pth', 'error: ', capsys)
+
+
+def test_missing_file_and_non_checkpoint_are_refused(tmp_path, capsys):
+    assert_cli_fails(tmp_path, tmp_path / 'nothing.pyth', tmp_path / 'dst.pth',
+                     'No such file', capsys)
+    text = tmp_path / 'notes.pyth'
+    text.write_text('not a checkpoint\n')
+    assert_cli_fails(tmp_path, text, tmp_path / 'dst.pth',
+                     'is not a PyTorch checkpoint', capsys)
+    assert_cli_fails(tmp_path, tmp_path, tmp_path / 'dst.pth', 'is a directory', capsys)
+
+
+def test_existing_destination_needs_force(tmp_path, capsys):
+    src = FIXTURES / 'revvit_tiny.pyth'
+    dst = tmp_path / 'revvit.pth'
+    dst.write_bytes(b'precious')
+    assert_cli_fails(tmp_path, src, dst, 'already exists: pass --force', capsys)
+    assert run_cli(src, dst, '--force') == 0
+    assert 'state_dict' in torch.load(dst, weights_only=True)
+
+    config = tmp_path / 'other.py'
+    config.write_text('# precious config\n')
+    assert_cli_fails(tmp_path, src, tmp_path / 'other.pth', 'other.py already exists',
+                     capsys)
+    assert_cli_fails(tmp_path, dst, dst, 'is the source checkpoint', capsys, '--force')
+
+
+def test_unwritable_destination_is_refused(tmp_path, capsys):
+    src = FIXTURES / 'revvit_tiny.pyth'
+    (tmp_path / 'file').write_text('')
+    assert_cli_fails(tmp_path, src, tmp_path / 'file' / 'revvit.pth', 'does not exist',
+                     capsys)
+    assert_cli_fails(tmp_path, src, tmp_path / 'no_dir' / 'revvit.pth', 'does not exist',
+                     capsys)
+    assert_cli_fails(tmp_path, src, tmp_path / 'revvit.py', 'ends in .py', capsys)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    dst = tmp_path / 'revvit.pth'
+    dst.write_bytes(b'precious')
+
+    def fail_half_way(obj, f):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', fail_half_way)
+    with pytest.raises(SlowFastConversionError, match='No space left'):
+        convert_slowfast_file(FIXTURES / 'revvit_tiny.pyth', dst, force=True)
+    assert sorted(os.listdir(tmp_path)) == ['revvit.pth']
+    assert dst.read_bytes() == b'precious'
+
+
+def test_architecture_without_cfg_is_inferred_or_given(tmp_path, capsys):
+    checkpoint = load_fixture('revvit_tiny')
+    src = save_checkpoint(checkpoint['model_state'], tmp_path / 'bare.pyth')
+    # 64 channels, 4 layers: no named arch; the number of heads is not in the weights
+    with pytest.raises(SlowFastConversionError, match='pass the arch'):
+        convert_slowfast_file(src, tmp_path / 'bare.pth')
+    arch = dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=256)
+    assert run_cli(src, tmp_path / 'bare.pth', '--arch', json.dumps(arch)) == 0
+    assert not (tmp_path / 'bare.py').exists()  # no SlowFast cfg, no config written
+    converted = torch.load(tmp_path / 'bare.pth', weights_only=True)
+    spec = spec_from_state_dict(checkpoint['model_state'], 'RevViT', arch)
+    assert spec.backbone['img_size'] == 32 and spec.backbone['patch_size'] == 8
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(classifier_config(spec))
+    model.load_state_dict(converted['state_dict'], strict=True)
+
+    assert_cli_fails(tmp_path, src, tmp_path / 'other.pth', 'Unknown RevViT arch', capsys,
+                     '--arch', 'tiny')

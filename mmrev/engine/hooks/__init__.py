@@ -1,0 +1,3 @@
+from .reversible_backprop_hook import ReversibleBackpropHook
+
+__all__ = ['ReversibleBackpropHook']

@@ -1,0 +1,176 @@
+"""A hook that switches reversible backprop and watches how faithfully it inverts."""
+import sys
+from functools import partial
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmrev.registry import HOOKS
+from mmrev.reversible import ReversibleSequence
+from mmrev.reversible.diagnostics import gradient_error, reconstruction_errors
+
+POLICIES = ('warn', 'switch', 'raise')
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA peak allocated memory since the last reset; on CPU, the process's peak
+    resident memory (it never decreases)."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # not on Windows
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max_rss / 2**20 if sys.platform == 'darwin' else max_rss / 2**10
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+@HOOKS.register_module()
+class ReversibleBackpropHook(Hook):
+    """Switches reversible backprop on or off and monitors its reconstruction error.
+
+    Every ``interval`` training iterations, each reversible stack recomputes its input
+    streams from its outputs on the current batch (under the batch's autocast state) and
+    the error is logged as ``rev/recon_err`` (relative, max over the stacks) and
+    ``rev/recon_abs_err``, per stack as ``rev/{stack}/recon_err`` if there are several.
+    Other iterations run no extra code in the model: the measuring forward hooks are
+    installed only for checked iterations. The check does not touch the training RNG.
+
+    Args:
+        reversible (bool): use reversible backprop, from ``begin_iter`` on; False:
+            ordinary backprop throughout (e.g. to debug). Overrides the model's own
+            setting. Defaults to True.
+        begin_iter (int): ordinary backprop before this iteration. Defaults to 0.
+        interval (int): check every ``interval`` iterations; 0: never. Defaults to 100.
+        tolerance (float): the largest relative reconstruction error accepted.
+            Defaults to 1e-3.
+        policy (str): when a stack's error exceeds ``tolerance`` (or is NaN) while it
+            runs reversible backprop: ``'warn'``; ``'switch'`` every stack to ordinary
+            backprop for the rest of the run, from the failing stack of this
+            iteration on; ``'raise'`` a RuntimeError before the backward.
+            Defaults to ``'warn'``.
+        check_grad (bool): on checked iterations, also log ``rev/grad_err``, the
+            largest relative difference between reversible and ordinary gradients of
+            each stack on the batch (costs an ordinary forward and two backward passes
+            of the stacks). Defaults to False.
+        log_memory (bool): log the iteration's peak memory as ``rev/peak_mem_mb``:
+            CUDA peak allocated (the checks excluded), or the process's peak resident
+            memory on CPU. Defaults to True.
+    """
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 reversible: bool = True,
+                 begin_iter: int = 0,
+                 interval: int = 100,
+                 tolerance: float = 1e-3,
+                 policy: str = 'warn',
+                 check_grad: bool = False,
+                 log_memory: bool = True):
+        if policy not in POLICIES:
+            raise ValueError(f'policy must be one of {POLICIES}, got {policy!r}')
+        if begin_iter < 0 or interval < 0:
+            raise ValueError(f'begin_iter and interval must be >= 0, got {begin_iter} '
+                             f'and {interval}')
+        if not tolerance > 0:
+            raise ValueError(f'tolerance must be > 0, got {tolerance}')
+        self.reversible = reversible
+        self.begin_iter = begin_iter
+        self.interval = interval
+        self.tolerance = tolerance
+        self.policy = policy
+        self.check_grad = check_grad
+        self.log_memory = log_memory
+        self.switched_off = False
+        self._stacks: Dict[str, ReversibleSequence] = {}
+        self._handles: Dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._errors: Dict[str, Tuple[float, ...]] = {}
+        self._peak_mb = 0.
+        self._device = torch.device('cpu')
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self._stacks = {name: module for name, module in model.named_modules()
+                        if isinstance(module, ReversibleSequence)}
+        if not self._stacks:
+            raise TypeError(f'ReversibleBackpropHook found no ReversibleSequence in '
+                            f'{type(model).__name__}: use it with a reversible model '
+                            f'(e.g. mmrev.RevViT) or remove it from custom_hooks')
+        self._device = next(model.parameters()).device
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        reversible = (self.reversible and runner.iter >= self.begin_iter
+                      and not self.switched_off)
+        for stack in self._stacks.values():
+            stack.reversible = reversible
+        if self.log_memory:
+            self._peak_mb = 0.
+            _reset_peak_memory(self._device)
+        if self.every_n_train_iters(runner, self.interval):
+            self._handles = {name: stack.register_forward_hook(partial(self._check, runner,
+                                                                       name))
+                             for name, stack in self._stacks.items()}
+
+    def _check(self, runner, name: str, stack: ReversibleSequence, inputs: tuple,
+               outputs: tuple) -> Optional[tuple]:
+        """Forward hook of a checked iteration: measure, then apply the policy."""
+        self._handles.pop(name).remove()  # once per stack and iteration
+        if self.log_memory:  # the check's own memory is not the training's
+            self._peak_mb = max(self._peak_mb, _peak_memory_mb(self._device))
+        x1, x2 = inputs
+        errors = reconstruction_errors(stack, x1, x2)
+        if self.check_grad:
+            errors += (gradient_error(stack, x1, x2), )
+        self._errors[name] = errors
+        if self.log_memory:
+            _reset_peak_memory(self._device)
+        abs_err, rel_err = errors[:2]
+        if not stack.reversible or rel_err <= self.tolerance:
+            return None
+        message = (f'Reversible stack {name!r} recomputes its inputs with relative error '
+                   f'{rel_err:.2e} (max abs {abs_err:.2e}) > tolerance {self.tolerance:.1e} '
+                   f'at iteration {runner.iter + 1}: reversible backprop gives wrong '
+                   f'gradients.')
+        if self.policy == 'raise':
+            raise RuntimeError(
+                f'{message} Train with ordinary backprop (ReversibleBackpropHook('
+                f'reversible=False)), in fp32 rather than low precision, or use '
+                f"policy='switch'.")
+        if self.policy == 'warn':
+            runner.logger.warning(message)
+            return None
+        self.switched_off = True
+        for each in self._stacks.values():
+            each.reversible = False
+        runner.logger.warning(f'{message} Switched every reversible stack to ordinary '
+                              f'backprop for the rest of the run, this iteration included.')
+        return stack.forward(x1, x2)  # redone with ordinary autograd
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        for handle in self._handles.values():  # stacks this iteration did not run
+            handle.remove()
+        self._handles = {}
+        if self._errors:
+            self._log_errors(runner)
+            self._errors = {}
+        if self.log_memory:
+            peak_mb = max(self._peak_mb, _peak_memory_mb(self._device))
+            runner.message_hub.update_scalar('train/rev/peak_mem_mb', peak_mb)
+
+    def _log_errors(self, runner) -> None:
+        keys = ('recon_abs_err', 'recon_err', 'grad_err')
+        scalars = {f'rev/{key}': torch.tensor(values).max().item()  # NaN propagates
+                   for key, values in zip(keys, zip(*self._errors.values()))}
+        if len(self._errors) > 1:
+            scalars.update({f'rev/{stack}/{key}': value
+                            for stack, errors in self._errors.items()
+                            for key, value in zip(keys, errors)})
+        for key, value in scalars.items():
+            runner.message_hub.update_scalar(f'train/{key}', value)
+        runner.logger.info(f'Iter(train) {runner.iter + 1}: ' + ', '.join(
+            f'{key}: {value:.3e}' for key, value in scalars.items()))

@@ -1,3 +1,4 @@
+from .revmvit import RevMViT
 from .revvit import RevViT
 
-__all__ = ['RevViT']
+__all__ = ['RevViT', 'RevMViT']

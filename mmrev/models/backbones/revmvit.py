@@ -1,0 +1,368 @@
+"""Reversible Multiscale Vision Transformer (RevMViT), Mangalam et al., CVPR 2022.
+
+The official SlowFast ``MViT`` with ``MVIT.REV.ENABLE``: reversible stacks of pooling
+attention blocks, separated by non-reversible stage transitions that fuse the two streams,
+downsample (q pooling) and widen the channels.
+
+Parameter names follow SlowFast's. A SlowFast ``model_state`` maps one-to-one onto
+``RevMViT.state_dict()`` by these rules (``t_1 < ... < t_n``: the transition layers,
+``MVIT.REV.BUFFER_LAYERS``; stage ``s`` holds the layers ``[t_s, t_{s+1})``, ``t_0 = 0``):
+
+* ``patch_embed.proj.*`` -> ``patch_embed.projection.*``; ``pos_embed`` unchanged.
+* ``rev_backbone.layers.{i}.*`` -> ``stages.{s}.transition.*`` if ``i == t_s`` (s >= 1),
+  else ``stages.{s}.blocks.{j}.*`` with ``s`` = the number of ``t_k <= i`` and
+  ``j = i - t_s - 1`` (``j = i`` in stage 0).
+* Inside a layer: ``F.`` -> ``f.``, ``G.`` -> ``g.``, ``pre_q_fuse.fuse_fn.`` ->
+  ``pre_q_fuse.mlp.``; ``res_proj.*`` unchanged.
+* ``attn.pool_{q,k,v}.weight``: Conv3d ``(C, 1, 1, k, k)`` -> Conv2d ``(C, 1, k, k)``
+  (drop dim 2); ``attn.norm_{q,k,v}.*`` unchanged.
+* ``norm.*`` -> ``norm{n}.*`` (the last stage, ``n`` = number of transitions);
+  ``head.projection.*`` belongs to the classifier head (mmpretrain: ``head.fc.*``).
+"""
+import math
+from collections import OrderedDict
+from numbers import Number
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmpretrain.models.backbones.base_backbone import BaseBackbone
+from mmpretrain.models.utils import build_norm_layer, to_2tuple
+from torch import Tensor, nn
+
+from mmrev.registry import MODELS
+from mmrev.reversible import ReversibleBlock, ReversibleSequence
+
+from ..layers import (
+    Mlp,
+    PatchEmbed,
+    PoolingAttention,
+    TwoStreamFusion,
+    grid_pos_embed,
+    resize_pos_embed_hook,
+)
+from .revvit import drop_path_or_identity
+
+
+def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
+    """SlowFast's width rounding: ``width * multiplier`` to a multiple of ``divisor``."""
+    width *= multiplier
+    rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * width else rounded)
+
+
+def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
+                   pool_kernel: int, stride_kv: int, drop_path_rate: float,
+                   norm_cfg: dict) -> ReversibleBlock:
+    """``Y1 = X1 + DropPath(PoolAttn(LN(X2)))``, ``Y2 = X2 + DropPath(MLP(LN(Y1)))``;
+    k and v pooled with ``stride_kv``, q not pooled (the grid is kept)."""
+    f = nn.Sequential(OrderedDict(
+        norm=build_norm_layer(norm_cfg, channels),
+        attn=PoolingAttention(channels, channels, num_heads, qkv_bias, pool_kernel,
+                              stride_kv=stride_kv, norm_cfg=norm_cfg),
+        drop_path=drop_path_or_identity(drop_path_rate)))
+    g = nn.Sequential(OrderedDict(
+        norm=build_norm_layer(norm_cfg, channels),
+        mlp=Mlp(channels, int(channels * mlp_ratio)),
+        drop_path=drop_path_or_identity(drop_path_rate)))
+    return ReversibleBlock(f, g)
+
+
+class StageTransition(nn.Module):
+    """The non-reversible block between two reversible stacks.
+
+    ``x = fuse([Y1, Y2])``; ``x = pool(res_proj(x)) + PoolAttn(LN(x))``;
+    ``x = x + MLP(LN(x))``; then drop path on the whole output. ``pool`` is the
+    attention's own q pooling (``res_path='conv'``) or a max pooling (``'max'``);
+    ``res_proj`` exists only where the fused width differs from ``out_channels``.
+
+    Args:
+        in_channels (int): width of the two-stream concatenation, 2C.
+        out_channels (int): output width.
+        num_heads (int): attention heads.
+        mlp_ratio (float): MLP hidden width over ``out_channels``.
+        qkv_bias (bool): bias in the q, k, v projections.
+        pool_kernel (int): kernel of the pooling convolutions.
+        stride_q (int): downsampling of the grid.
+        stride_kv (int): stride of the k and v pooling.
+        fusion (str): :class:`TwoStreamFusion` mode.
+        res_path (str): ``'conv'`` or ``'max'``.
+        drop_path_rate (float): stochastic depth of the whole block.
+        norm_cfg (dict): normalisation layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_heads: int,
+                 mlp_ratio: float, qkv_bias: bool, pool_kernel: int, stride_q: int,
+                 stride_kv: int, fusion: str, res_path: str, drop_path_rate: float,
+                 norm_cfg: dict):
+        super().__init__()
+        self.pre_q_fuse = TwoStreamFusion(fusion, in_channels)
+        fused = TwoStreamFusion.out_channels(fusion, in_channels)
+        self.res_proj = nn.Linear(fused, out_channels) if fused != out_channels else None
+        if res_path == 'conv':
+            self.pool_skip = None
+        elif res_path == 'max':
+            kernel = stride_q + 1 if stride_q > 1 else stride_q
+            self.pool_skip = nn.MaxPool2d(kernel, stride_q, stride_q // 2)
+        else:
+            raise ValueError(f"res_path must be 'conv' or 'max', got {res_path!r}")
+        self.f = nn.Sequential(OrderedDict(
+            norm=build_norm_layer(norm_cfg, fused),
+            attn=PoolingAttention(fused, out_channels, num_heads, qkv_bias, pool_kernel,
+                                  stride_q, stride_kv, norm_cfg)))
+        self.g = nn.Sequential(OrderedDict(
+            norm=build_norm_layer(norm_cfg, out_channels),
+            mlp=Mlp(out_channels, int(out_channels * mlp_ratio))))
+        self.drop_path = drop_path_or_identity(drop_path_rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pre_q_fuse(x)
+        res = x if self.res_proj is None else self.res_proj(x)
+        if self.pool_skip is None:
+            res = self.f.attn.pool_q_map(res)
+        else:
+            res = self.pool_skip(res.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = res + self.f(x)
+        return self.drop_path(x + self.g(x))
+
+
+class RevMViTStage(nn.Module):
+    """An optional stage transition, then a reversible stack whose two streams start as
+    copies of its input; returns the stack's ``[Y1, Y2]`` concatenation."""
+
+    def __init__(self, transition: Optional[StageTransition], blocks: ReversibleSequence):
+        super().__init__()
+        self.transition = transition
+        self.blocks = blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.transition is not None:
+            x = self.transition(x)
+        return torch.cat(self.blocks(x, x), dim=-1)
+
+
+@MODELS.register_module()
+class RevMViT(BaseBackbone):
+    """Reversible Multiscale Vision Transformer, as the official SlowFast ``MVIT.REV``.
+
+    Stage 0 is a reversible stack on the patch tokens; each later stage starts with a
+    :class:`StageTransition` (stream fusion, q pooling by ``q_stride``, channels times
+    ``dim_mul``), followed by a reversible stack. Every attention pools k and v, with a
+    stride that starts at ``kv_stride`` and is divided by each transition's ``q_stride``.
+    No class token; absolute position embedding, bicubically interpolated to the input.
+
+    Output scale ``s`` is the ``[Y1, Y2]`` concatenation of stage ``s``, normalised by its
+    own LayerNorm ``norm{s}``: 2 * C_s channels at stride ``patch_stride * 2**s`` (arch
+    ``base``: 192, 384, 768, 1536 channels at strides 4, 8, 16, 32).
+
+    Args:
+        arch (str | dict): ``'base'`` (Rev-MViT-B, 39.7M parameters with a 1000-class
+            head) or a dict with the keys ``embed_dims``, ``num_layers``, ``num_heads``,
+            ``transition_layers`` (layer indices, SlowFast's ``MVIT.REV.BUFFER_LAYERS``;
+            each with at least one reversible layer before and after) and optionally
+            any of ``base``'s other keys (defaults: ``base``'s values):
+            ``dim_mul``, ``head_mul``, ``q_stride`` (a number, or one per transition),
+            ``kv_stride``, ``pool_kernel``, ``pre_q_fusion`` (``'concat_linear_<r>'``,
+            ``'concat'``, ``'avg'``, ``'max'``, ``'min'``, ``'add'``), ``res_path``
+            (``'conv'``, ``'max'``), ``mlp_ratio``, ``qkv_bias``, ``patch_kernel``,
+            ``patch_stride``, ``patch_padding``. Defaults to ``'base'``.
+        img_size (int | tuple): the input size the position embedding is made for;
+            other sizes are interpolated. Defaults to 224.
+        in_channels (int): image channels. Defaults to 3.
+        drop_path_rate (float): stochastic depth, rising linearly over the layers
+            (transitions included, where it drops the whole block). Defaults to 0.
+        out_type (str): per output scale, ``'avg_featmap'``: token mean, (B, 2C);
+            ``'featmap'``: (B, 2C, H, W); ``'raw'``: (B, H*W, 2C).
+            Defaults to ``'avg_featmap'``.
+        out_scales (int | Sequence[int]): the stages to output (negative: from the
+            end). Defaults to -1, the last stage.
+        frozen_stages (int): -1: nothing frozen; 0: patch and position embedding;
+            k > 0: also stages 0 to k-1 and their output norms. Defaults to -1.
+        reversible (bool): reversible backprop in training inside each stack; False:
+            ordinary backprop, with the same gradients. Defaults to True.
+        norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
+        init_cfg (dict | list, optional): initialisation config.
+    """
+    arch_zoo = {
+        **dict.fromkeys(['b', 'base'], dict(
+            embed_dims=96, num_layers=16, num_heads=1, transition_layers=(1, 3, 14),
+            dim_mul=2., head_mul=2., q_stride=2, kv_stride=4, pool_kernel=3,
+            pre_q_fusion='concat_linear_2', res_path='conv', mlp_ratio=4.,
+            qkv_bias=True, patch_kernel=7, patch_stride=4, patch_padding=3)),
+    }
+    REQUIRED_ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'transition_layers')
+    OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 img_size: Union[int, Sequence[int]] = 224,
+                 in_channels: int = 3,
+                 drop_path_rate: float = 0.,
+                 out_type: str = 'avg_featmap',
+                 out_scales: Union[int, Sequence[int]] = -1,
+                 frozen_stages: int = -1,
+                 reversible: bool = True,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 init_cfg=[
+                     dict(type='TruncNormal', layer=['Linear', 'Conv2d'], std=.02,
+                          bias=0.),
+                     dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
+                 ]):
+        super().__init__(init_cfg)
+        arch = self.arch_settings = self._parse_arch(arch)
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        transitions = sorted(arch['transition_layers'])
+        num_layers, num_stages = arch['num_layers'], len(transitions) + 1
+        self.out_type = out_type
+        self.out_scales = self._parse_out_scales(out_scales, num_stages)
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = PatchEmbed(in_channels, arch['embed_dims'], arch['patch_kernel'],
+                                      arch['patch_stride'], arch['patch_padding'])
+        self.patch_resolution = tuple(
+            (size + 2 * arch['patch_padding'] - arch['patch_kernel']) // arch['patch_stride']
+            + 1 for size in to_2tuple(img_size))
+        self.pos_embed = nn.Parameter(torch.zeros(
+            1, self.patch_resolution[0] * self.patch_resolution[1], arch['embed_dims']))
+        self._register_load_state_dict_pre_hook(resize_pos_embed_hook, with_module=True)
+
+        dim_muls, head_muls, q_strides = (self._per_transition(arch, key, len(transitions))
+                                          for key in ('dim_mul', 'head_mul', 'q_stride'))
+        drop_path_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        bounds = [0] + transitions + [num_layers]
+        channels, num_heads, stride_kv = arch['embed_dims'], arch['num_heads'], \
+            arch['kv_stride']
+        common = dict(mlp_ratio=arch['mlp_ratio'], qkv_bias=arch['qkv_bias'],
+                      pool_kernel=arch['pool_kernel'], norm_cfg=norm_cfg)
+        self.stages = nn.ModuleList()
+        self.stage_channels: List[int] = []
+        for s in range(num_stages):
+            first, transition = bounds[s], None
+            if s > 0:
+                num_heads = round_width(num_heads, head_muls[s - 1])
+                out_channels = round_width(channels, dim_muls[s - 1], num_heads)
+                stride_kv = max(stride_kv // q_strides[s - 1], 1)
+                transition = StageTransition(
+                    2 * channels, out_channels, num_heads, stride_q=q_strides[s - 1],
+                    stride_kv=stride_kv, fusion=arch['pre_q_fusion'],
+                    res_path=arch['res_path'], drop_path_rate=drop_path_rates[first],
+                    **common)
+                channels, first = out_channels, first + 1
+            blocks = ReversibleSequence([
+                rev_mvit_block(channels, num_heads, stride_kv=stride_kv,
+                               drop_path_rate=drop_path_rates[i], **common)
+                for i in range(first, bounds[s + 1])
+            ], reversible=reversible)
+            self.stages.append(RevMViTStage(transition, blocks))
+            self.stage_channels.append(2 * channels)
+        self.total_stride = arch['patch_stride'] * math.prod(q_strides)
+        for s in self.out_scales:
+            self.add_module(f'norm{s}', build_norm_layer(norm_cfg, self.stage_channels[s]))
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch.lower() not in cls.arch_zoo:
+                raise ValueError(f'Unknown RevMViT arch {arch!r}; choose one of '
+                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
+            return cls.arch_zoo[arch.lower()]
+        allowed = set(cls.arch_zoo['base'])
+        if (not isinstance(arch, dict) or not set(cls.REQUIRED_ARCH_KEYS) <= set(arch)
+                or not set(arch) <= allowed):
+            raise ValueError(f'A custom arch must be a dict with the keys '
+                             f'{list(cls.REQUIRED_ARCH_KEYS)} and optionally any of '
+                             f'{sorted(allowed - set(cls.REQUIRED_ARCH_KEYS))}, '
+                             f'got {arch!r}')
+        arch = {**cls.arch_zoo['base'], **arch}
+        layers, transitions = arch['num_layers'], sorted(arch['transition_layers'])
+        gaps = [b - a for a, b in zip([-1] + transitions, transitions + [layers])]
+        if min(gaps, default=2) < 2:
+            raise ValueError(f'transition_layers {transitions} must be distinct layers in '
+                             f'[1, {layers - 2}] with at least one reversible layer '
+                             f'between two of them')
+        return arch
+
+    @staticmethod
+    def _per_transition(arch: dict, key: str, num_transitions: int) -> list:
+        value = arch[key]
+        if isinstance(value, Number):
+            return [value] * num_transitions
+        if len(value) != num_transitions:
+            raise ValueError(f'{key} must be a number or have one value per transition '
+                             f'layer ({num_transitions}), got {value!r}')
+        return list(value)
+
+    @staticmethod
+    def _parse_out_scales(out_scales: Union[int, Sequence[int]],
+                          num_stages: int) -> Tuple[int, ...]:
+        out_scales = [out_scales] if isinstance(out_scales, int) else list(out_scales)
+        if not out_scales or not all(-num_stages <= s < num_stages for s in out_scales):
+            raise ValueError(f'out_scales must be stage indices in [{-num_stages}, '
+                             f'{num_stages - 1}], got {out_scales!r}')
+        return tuple(sorted({s % num_stages for s in out_scales}))
+
+    @property
+    def reversible(self) -> bool:
+        return self.stages[0].blocks.reversible
+
+    @reversible.setter
+    def reversible(self, value: bool) -> None:
+        for stage in self.stages:
+            stage.blocks.reversible = value
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if not (isinstance(self.init_cfg, dict)
+                and self.init_cfg['type'] == 'Pretrained'):
+            nn.init.trunc_normal_(self.pos_embed, std=.02)
+
+    def _frozen_modules(self) -> list:
+        if self.frozen_stages < 0:
+            return []
+        return [self.patch_embed, *self.stages[:self.frozen_stages]] + [
+            getattr(self, f'norm{s}') for s in self.out_scales if s < self.frozen_stages]
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.pos_embed.requires_grad = False
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'RevMViT':
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
+        H, W = x.shape[-2:]
+        if H % self.total_stride or W % self.total_stride:
+            raise ValueError(
+                f'Input size {H}x{W} is not a multiple of {self.total_stride}, the '
+                f'stride of the last stage: resize or pad the image to multiples of '
+                f'{self.total_stride}')
+        x = self.patch_embed(x)
+        return x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
+
+    def _format(self, x: Tensor) -> Tensor:
+        if self.out_type == 'avg_featmap':
+            return x.mean(dim=(1, 2))
+        if self.out_type == 'featmap':
+            return x.permute(0, 3, 1, 2).contiguous()
+        return x.flatten(1, 2)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        x = self.embed(x)
+        outs = []
+        for s, stage in enumerate(self.stages[:self.out_scales[-1] + 1]):
+            x = stage(x)
+            if s in self.out_scales:
+                outs.append(self._format(getattr(self, f'norm{s}')(x)))
+        return tuple(outs)

@@ -152,7 +152,9 @@ class RevMViT(BaseBackbone):
 
     Output scale ``s`` is the ``[Y1, Y2]`` concatenation of stage ``s``, normalised by its
     own LayerNorm ``norm{s}``: 2 * C_s channels at stride ``patch_stride * 2**s`` (arch
-    ``base``: 192, 384, 768, 1536 channels at strides 4, 8, 16, 32).
+    ``base``: 192, 384, 768, 1536 channels at strides 4, 8, 16, 32). For detection
+    necks (mmdet's FPN): ``out_type='featmap', out_scales=(0, 1, 2, 3)``; the official
+    weights hold only the last scale's norm, so the others start as identity LayerNorms.
 
     Args:
         arch (str | dict): ``'base'`` (Rev-MViT-B, 39.7M parameters with a 1000-class

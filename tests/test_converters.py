@@ -14,15 +14,17 @@ from mmpretrain.registry import MODELS
 from mmrev.converters import (
     SlowFastConversionError,
     classifier_config,
+    config_text,
     convert_slowfast_file,
     convert_state_dict,
     detect_model_kind,
+    spec_from_slowfast_cfg,
     spec_from_state_dict,
 )
 
 FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
 CLI = Path(__file__).parents[1] / 'tools' / 'model_converters' / 'slowfast_to_mmrev.py'
-TINY_MODELS = ['revvit_tiny']
+TINY_MODELS = ['revvit_tiny', 'revmvit_tiny']
 
 
 def run_cli(*args) -> int:
@@ -109,6 +111,13 @@ def test_converted_checkpoint_loads_through_init_cfg(on_backbone, tmp_path):
     assert torch.allclose(features, expected['features'], rtol=0, atol=1e-5)
 
 
+def written_config(name: str, tmp_path: Path) -> str:
+    """The mmpretrain config the converter writes for fixture ``name``."""
+    path = tmp_path / f'{name}.py'
+    path.write_text(config_text(spec_from_slowfast_cfg(load_fixture(name)['cfg']), name))
+    return str(path)
+
+
 def manifest_state_dict(name: str) -> dict:
     """A state_dict with exactly the keys and shapes of a full-size SlowFast model."""
     state_dict = {}
@@ -122,6 +131,7 @@ def manifest_state_dict(name: str) -> dict:
 @pytest.mark.parametrize('name, kind, arch', [
     ('REV_VIT_S', 'RevViT', 'small'),
     ('REV_VIT_B', 'RevViT', 'base'),
+    ('REV_MVIT_B_16_CONV', 'RevMViT', 'base'),
 ])
 def test_full_size_manifest_loads_strictly(name, kind, arch):
     state_dict = manifest_state_dict(name)
@@ -167,10 +177,10 @@ def mvit_state_dict() -> dict:
             'head.projection.weight': torch.zeros(400, 768)}
 
 
-def bad_cfg_checkpoint() -> dict:
-    checkpoint = load_fixture('revvit_tiny')
-    checkpoint['cfg'] = checkpoint['cfg'].replace('CLS_EMBED_ON: false',
-                                                  'CLS_EMBED_ON: true')
+def edited_cfg_checkpoint(name: str, old: str, new: str) -> dict:
+    checkpoint = load_fixture(name)
+    assert old in checkpoint['cfg']
+    checkpoint['cfg'] = checkpoint['cfg'].replace(old, new)
     return checkpoint
 
 
@@ -197,7 +207,18 @@ BAD_CHECKPOINTS = {
     'qkv_shape_mismatch': (lambda: revvit_checkpoint(
         rev_backbone__layers__0__F__attn__v__weight=torch.zeros(32, 64)),
         'q, k, v of .*layers.0.f.attn.qkv.weight have shapes'),
-    'unsupported_cfg': (bad_cfg_checkpoint, r'MVIT\.CLS_EMBED_ON = True is not supported'),
+    'unsupported_cfg': (lambda: edited_cfg_checkpoint(
+        'revvit_tiny', 'CLS_EMBED_ON: false', 'CLS_EMBED_ON: true'),
+        r'MVIT\.CLS_EMBED_ON = True is not supported'),
+    'unsupported_mvit_cfg': (lambda: edited_cfg_checkpoint(
+        'revmvit_tiny', 'POOL_FIRST: false', 'POOL_FIRST: true'),
+        r'MVIT\.POOL_FIRST = True is not supported'),
+    'dim_change_off_transition': (lambda: edited_cfg_checkpoint(
+        'revmvit_tiny', 'DIM_MUL:\n  - - 1', 'DIM_MUL:\n  - - 2'),
+        r'MVIT\.DIM_MUL = .* changes layers other than the stage transitions'),
+    'non_reversible_cfg': (lambda: edited_cfg_checkpoint(
+        'revmvit_tiny', '    ENABLE: true\n    PRE_Q', '    ENABLE: false\n    PRE_Q'),
+        'without MVIT.REV.ENABLE'),
 }
 
 
@@ -268,6 +289,18 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         convert_slowfast_file(FIXTURES / 'revvit_tiny.pyth', dst, force=True)
     assert sorted(os.listdir(tmp_path)) == ['revvit.pth']
     assert dst.read_bytes() == b'precious'
+
+
+def test_revmvit_architecture_without_cfg_is_inferred(tmp_path):
+    checkpoint = load_fixture('revmvit_tiny')
+    from_cfg = spec_from_slowfast_cfg(checkpoint['cfg'])
+    from_weights = spec_from_state_dict(checkpoint['model_state'], 'RevMViT')
+    assert from_weights.backbone['arch'] == from_cfg.backbone['arch']
+    assert from_weights.head_channels == from_cfg.head_channels == 256
+
+    src = save_checkpoint(checkpoint['model_state'], tmp_path / 'bare.pyth')
+    result = convert_slowfast_file(src, tmp_path / 'bare.pth')
+    assert result.config is None and result.spec.kind == 'RevMViT'
 
 
 def test_architecture_without_cfg_is_inferred_or_given(tmp_path, capsys):

@@ -2,10 +2,11 @@ from .convert_file import (
     ConversionResult,
     check_weights_fit,
     convert_slowfast_file,
-    load_checkpoint_file,
+    read_checkpoint,
 )
 from .slowfast import (
     SlowFastConversionError,
+    convert_if_slowfast,
     convert_slowfast_checkpoint,
     convert_state_dict,
     detect_model_kind,
@@ -22,8 +23,8 @@ from .slowfast_config import (
 
 __all__ = [
     'ConversionResult', 'ModelSpec', 'SlowFastConversionError', 'check_weights_fit',
-    'classifier_config', 'config_text', 'convert_slowfast_checkpoint',
+    'classifier_config', 'config_text', 'convert_if_slowfast', 'convert_slowfast_checkpoint',
     'convert_slowfast_file', 'convert_state_dict', 'detect_model_kind',
-    'is_slowfast_checkpoint', 'load_checkpoint_file', 'slowfast_state_dict',
+    'is_slowfast_checkpoint', 'read_checkpoint', 'slowfast_state_dict',
     'spec_from_slowfast_cfg', 'spec_from_state_dict'
 ]

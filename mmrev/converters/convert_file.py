@@ -39,7 +39,7 @@ class ConversionResult:
     num_tensors: int
 
 
-def load_checkpoint_file(path: str):
+def read_checkpoint(path: str):
     """``torch.load`` of a local file (``weights_only``), with a clear error for a
     missing file or one that is not a PyTorch checkpoint."""
     if not osp.isfile(path):
@@ -132,7 +132,7 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
             'use a checkpoint name such as .pth')
     check_destination(dst, src, force)
     log(f'Loading {src}')
-    checkpoint = load_checkpoint_file(src)
+    checkpoint = read_checkpoint(src)
     state_dict = slowfast_state_dict(checkpoint)
     cfg_text = checkpoint.get('cfg') if 'model_state' in checkpoint else None
     if isinstance(cfg_text, str):

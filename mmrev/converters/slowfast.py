@@ -7,31 +7,39 @@ RevMViT, and rename (and fuse, reshape) its keys into those of an mmpretrain
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
+from mmengine.logging import print_log
 from mmengine.utils import track_iter_progress
 from torch import Tensor
 
 REV_LAYER_PREFIX = 'rev_backbone.layers.'
 MVIT_KEY_MARKERS = ('.attn.pool_', '.pre_q_fuse.', '.res_proj.')
 
-# (SlowFast key pattern, mmrev key) per model kind, tried in order.
-KEY_RULES = {
-    'RevViT': [
-        (r'^pos_embed$', 'backbone.pos_embed'),
-        (r'^patch_embed\.proj\.(weight|bias)$', r'backbone.patch_embed.projection.\1'),
-        (r'^rev_backbone\.layers\.(\d+)\.F\.(norm|attn\.[qkv]|attn\.proj)\.(weight|bias)$',
-         r'backbone.layers.\1.f.\2.\3'),
-        (r'^rev_backbone\.layers\.(\d+)\.G\.(norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$',
-         r'backbone.layers.\1.g.\2.\3'),
-        (r'^norm\.(weight|bias)$', r'backbone.norm.\1'),
-        (r'^head\.projection\.(weight|bias)$', r'head.fc.\1'),
-    ],
-}
-# Separate q, k, v Linears (SlowFast) are fused into one qkv Linear, rows in q, k, v order.
-FUSED_QKV = {'RevViT': True}
+# SlowFast -> mmrev names outside the layers, and inside a layer (after its prefix).
+TOP_LEVEL_RULES = [
+    (r'^pos_embed$', 'backbone.pos_embed'),
+    (r'^patch_embed\.proj\.(weight|bias)$', r'backbone.patch_embed.projection.\1'),
+    (r'^head\.projection\.(weight|bias)$', r'head.fc.\1'),
+]
+LAYER_RULES = [
+    (r'^F\.(norm|attn\.[qkv]|attn\.proj|attn\.norm_[qkv])\.(weight|bias)$', r'f.\1.\2'),
+    (r'^F\.attn\.pool_([qkv])\.weight$', r'f.attn.pool_\1.weight'),
+    (r'^G\.(norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$', r'g.\1.\2'),
+    (r'^pre_q_fuse\.fuse_fn\.(fc1|fc2)\.(weight|bias)$', r'pre_q_fuse.mlp.\1.\2'),
+    (r'^res_proj\.(weight|bias)$', r'res_proj.\1'),
+]
+LAYER_KEY = re.compile(r'^rev_backbone\.layers\.(\d+)\.(.+)$')
+FINAL_NORM_KEY = re.compile(r'^norm\.(weight|bias)$')
+# Stage transitions (MVIT.REV.BUFFER_LAYERS) are the layers with q pooling, stream
+# fusion or a residual projection.
+TRANSITION_KEY = re.compile(
+    r'^rev_backbone\.layers\.(\d+)\.(F\.attn\.pool_q\.|pre_q_fuse\.|res_proj\.)')
+# RevViT fuses SlowFast's separate q, k, v Linears into one qkv Linear (rows q, k, v).
 SEPARATE_QKV = re.compile(r'^(.*\.attn\.)([qkv])\.(weight|bias)$')
+# RevMViT pools with Conv2d: SlowFast's Conv3d (C, 1, 1, k, k) loses its time dim.
+POOL_WEIGHT = re.compile(r'\.attn\.pool_[qkv]\.weight$')
 
 
 class SlowFastConversionError(ValueError):
@@ -95,9 +103,54 @@ def detect_model_kind(state_dict: Mapping[str, Tensor]) -> str:
     return 'RevViT'
 
 
-def rename_key(key: str, kind: str) -> Optional[str]:
-    """The mmrev name of SlowFast key ``key``, or None if no rule of ``kind`` knows it."""
-    for pattern, replacement in KEY_RULES[kind]:
+def layer_indices(state_dict: Mapping[str, Tensor]) -> List[int]:
+    """The indices of SlowFast's ``rev_backbone.layers``."""
+    return sorted({int(m.group(1)) for k in state_dict if (m := LAYER_KEY.match(k))})
+
+
+def transition_layers(state_dict: Mapping[str, Tensor]) -> List[int]:
+    """The layers of a SlowFast RevMViT that are stage transitions."""
+    return sorted({int(m.group(1)) for k in state_dict if (m := TRANSITION_KEY.match(k))})
+
+
+def key_renamer(state_dict: Mapping[str, Tensor], kind: str) -> Callable[[str], Optional[str]]:
+    """A function giving the mmrev name of each SlowFast key of ``state_dict`` (None
+    for keys it does not know).
+
+    RevViT: ``rev_backbone.layers.{i}`` -> ``backbone.layers.{i}``, final ``norm`` ->
+    ``backbone.norm``. RevMViT (see :class:`mmrev.models.RevMViT`): layer ``i`` of stage
+    ``s`` (``s`` transitions ``t_1 < ... < t_s <= i``) -> ``backbone.stages.{s}.transition``
+    if ``i == t_s``, else ``backbone.stages.{s}.blocks.{j}`` (``j = i - t_s - 1``, ``i``
+    in stage 0); final ``norm`` -> ``backbone.norm{n}``. Inside a layer ``F``/``G`` ->
+    ``f``/``g`` and ``pre_q_fuse.fuse_fn`` -> ``pre_q_fuse.mlp``.
+    """
+    if kind == 'RevViT':
+        layer_names = {i: f'layers.{i}' for i in layer_indices(state_dict)}
+        final_norm = 'norm'
+    else:
+        transitions = transition_layers(state_dict)
+        layer_names = {}
+        for i in layer_indices(state_dict):
+            s = sum(t <= i for t in transitions)
+            first = transitions[s - 1] if s else -1
+            layer_names[i] = (f'stages.{s}.transition' if s and i == first else
+                              f'stages.{s}.blocks.{i - first - 1}')
+        final_norm = f'norm{len(transitions)}'
+
+    def rename(key: str) -> Optional[str]:
+        layer = LAYER_KEY.match(key)
+        if layer:
+            inner = _apply_rules(LAYER_RULES, layer.group(2))
+            return inner and f'backbone.{layer_names[int(layer.group(1))]}.{inner}'
+        if FINAL_NORM_KEY.match(key):
+            return f'backbone.{final_norm}.{key.split(".")[-1]}'
+        return _apply_rules(TOP_LEVEL_RULES, key)
+
+    return rename
+
+
+def _apply_rules(rules: list, key: str) -> Optional[str]:
+    for pattern, replacement in rules:
         new_key, found = re.subn(pattern, replacement, key)
         if found:
             return new_key
@@ -106,7 +159,9 @@ def rename_key(key: str, kind: str) -> Optional[str]:
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = None,
                        progress: bool = False) -> 'OrderedDict[str, Tensor]':
-    """Rename a SlowFast state_dict into mmrev ``backbone.*`` / ``head.fc.*`` keys.
+    """Rename a SlowFast state_dict into mmrev ``backbone.*`` / ``head.fc.*`` keys
+    (:func:`key_renamer`), fusing q, k, v (RevViT) and dropping the time dim of the
+    pooling kernels (RevMViT).
 
     Args:
         state_dict: SlowFast weights (``checkpoint['model_state']``).
@@ -116,19 +171,19 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = N
     Raises ``SlowFastConversionError`` for keys no rule knows or incomplete q/k/v.
     """
     kind = kind or detect_model_kind(state_dict)
-    if kind not in KEY_RULES:
-        raise SlowFastConversionError(
-            f'Converting SlowFast {kind} checkpoints is not supported yet')
+    rename = key_renamer(state_dict, kind)
     converted, unknown, qkv_parts = OrderedDict(), [], {}
     items: Iterable = state_dict.items()
     if progress:
         items = track_iter_progress(list(items))
     for key, value in items:
-        new_key = rename_key(key, kind)
+        new_key = rename(key)
         if new_key is None:
             unknown.append(key)
             continue
-        match = SEPARATE_QKV.match(new_key) if FUSED_QKV[kind] else None
+        if POOL_WEIGHT.search(new_key) and value.ndim == 5 and value.shape[2] == 1:
+            value = value.squeeze(2)
+        match = SEPARATE_QKV.match(new_key) if kind == 'RevViT' else None
         if match is None:
             converted[new_key] = value
             continue
@@ -162,6 +217,18 @@ def convert_slowfast_checkpoint(checkpoint, progress: bool = False) -> dict:
     if isinstance(checkpoint.get('epoch'), int):
         meta['slowfast_epoch'] = checkpoint['epoch']
     return dict(state_dict=convert_state_dict(state_dict, kind, progress), meta=meta)
+
+
+def convert_if_slowfast(checkpoint, filename: str = 'checkpoint'):
+    """``checkpoint`` converted by :func:`convert_slowfast_checkpoint` if it is a
+    reversible SlowFast one, else unchanged: the on-the-fly step of mmrev's checkpoint
+    loaders, so that ``pretrained=``/``init_cfg``/``load_checkpoint`` take ``.pyth``
+    files and URLs of SlowFast's model zoo."""
+    if not is_slowfast_checkpoint(checkpoint):
+        return checkpoint
+    print_log(f'{filename} is a SlowFast checkpoint: converting it for mmrev',
+              logger='current')
+    return convert_slowfast_checkpoint(checkpoint)
 
 
 def preview_keys(keys: List[str], limit: int = 5) -> str:

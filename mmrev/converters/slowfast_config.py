@@ -11,7 +11,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 from torch import Tensor
 
-from .slowfast import REV_LAYER_PREFIX, SlowFastConversionError
+from .slowfast import (
+    REV_LAYER_PREFIX,
+    SlowFastConversionError,
+    layer_indices,
+    transition_layers,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,6 +34,10 @@ UNSUPPORTED_OPTIONS = {
     ('MVIT', 'LAYER_SCALE_INIT_VALUE'): 0.0,
     ('MVIT', 'NORM'): 'layernorm',
     ('MVIT', 'NORM_STEM'): False,
+    ('MVIT', 'MODE'): 'conv',
+    ('MVIT', 'POOL_FIRST'): False,
+    ('MVIT', 'RESIDUAL_POOLING'): False,
+    ('MVIT', 'DIM_MUL_IN_ATT'): False,
     ('DATA', 'INPUT_CHANNEL_NUM'): [3],
 }
 
@@ -84,15 +93,12 @@ def spec_from_slowfast_cfg(cfg_text: str) -> ModelSpec:
                 f'mmrev (only {supported!r})')
     if _is_plain_vit(mvit):
         backbone = _revvit_backbone_from_cfg(mvit, data)
-        head_channels = 2 * mvit['EMBED_DIM']
     else:
-        raise SlowFastConversionError(
-            'The checkpoint\'s cfg describes a RevMViT (pooling or stage transitions): '
-            'not supported yet')
+        backbone = _revmvit_backbone_from_cfg(mvit, data)
     return ModelSpec(
         backbone=backbone,
         num_classes=model['NUM_CLASSES'],
-        head_channels=head_channels,
+        head_channels=head_channels(backbone['arch']),
         crop_size=data.get('TEST_CROP_SIZE', 224),
         val_crop_ratio=data.get('IN_VAL_CROP_RATIO', 0.875),
         mean=tuple(data.get('MEAN', IMAGENET_MEAN)),
@@ -111,10 +117,6 @@ def _is_plain_vit(mvit: dict) -> bool:
 
 
 def _revvit_backbone_from_cfg(mvit: dict, data: dict) -> dict:
-    kernel = mvit['PATCH_KERNEL']
-    if len(set(kernel)) != 1:
-        raise SlowFastConversionError(
-            f'Non-square patches {kernel} are not supported by mmrev.RevViT')
     embed_dims = mvit['EMBED_DIM']
     return dict(
         type='mmrev.RevViT',
@@ -122,46 +124,146 @@ def _revvit_backbone_from_cfg(mvit: dict, data: dict) -> dict:
                   num_heads=mvit['NUM_HEADS'],
                   feedforward_channels=int(embed_dims * mvit['MLP_RATIO'])),
         img_size=data.get('TRAIN_CROP_SIZE', 224),
-        patch_size=kernel[0],
+        patch_size=_square(mvit['PATCH_KERNEL'], 'MVIT.PATCH_KERNEL'),
         qkv_bias=mvit.get('QKV_BIAS', True),
         drop_rate=mvit.get('DROPOUT_RATE', 0.),
         drop_path_rate=mvit.get('DROPPATH_RATE', 0.))
 
 
+def _revmvit_backbone_from_cfg(mvit: dict, data: dict) -> dict:
+    transitions = sorted(mvit['REV']['BUFFER_LAYERS'])
+    depth = mvit['DEPTH']
+
+    def at_transitions(option: str, default: list) -> list:
+        """Per-layer ``[[layer, values...], ...]`` option, one entry per transition."""
+        entries = {entry[0]: entry[1:] for entry in mvit.get(option) or []}
+        if not set(entries) <= set(transitions):
+            raise SlowFastConversionError(
+                f'MVIT.{option} = {mvit[option]} changes layers other than the stage '
+                f'transitions MVIT.REV.BUFFER_LAYERS = {transitions}: not supported')
+        return [entries.get(t, default) for t in transitions]
+
+    q_stride = [_square(s, 'MVIT.POOL_Q_STRIDE') for s in at_transitions('POOL_Q_STRIDE',
+                                                                       [1, 1, 1])]
+    kv_strides = {entry[0]: _square(entry[1:], 'MVIT.POOL_KV_STRIDE')
+                  for entry in mvit.get('POOL_KV_STRIDE') or []}
+    adaptive = mvit.get('POOL_KV_STRIDE_ADAPTIVE')
+    kv_stride = kv_strides.get(0) or (adaptive and _square(adaptive, 'MVIT.POOL_KV_STRIDE'))
+    if not kv_stride or not mvit.get('POOL_KVQ_KERNEL'):
+        raise SlowFastConversionError(
+            'RevMViT without k/v pooling (MVIT.POOL_KV_STRIDE_ADAPTIVE and '
+            'MVIT.POOL_KVQ_KERNEL unset) is not supported by mmrev')
+    if kv_strides and kv_strides != _kv_strides(kv_stride, q_stride, transitions, depth):
+        raise SlowFastConversionError(
+            f'MVIT.POOL_KV_STRIDE = {mvit["POOL_KV_STRIDE"]} is not the adaptive pattern '
+            f'mmrev supports (stride divided by each transition\'s q stride)')
+    arch = dict(
+        embed_dims=mvit['EMBED_DIM'], num_layers=depth, num_heads=mvit['NUM_HEADS'],
+        transition_layers=transitions,
+        dim_mul=_one_or_list([m[0] for m in at_transitions('DIM_MUL', [1.0])]),
+        head_mul=_one_or_list([m[0] for m in at_transitions('HEAD_MUL', [1.0])]),
+        q_stride=_one_or_list(q_stride), kv_stride=kv_stride,
+        pool_kernel=_square(mvit['POOL_KVQ_KERNEL'], 'MVIT.POOL_KVQ_KERNEL'),
+        pre_q_fusion=mvit['REV']['PRE_Q_FUSION'], res_path=mvit['REV']['RES_PATH'],
+        mlp_ratio=mvit['MLP_RATIO'], qkv_bias=mvit.get('QKV_BIAS', True),
+        patch_kernel=_square(mvit['PATCH_KERNEL'], 'MVIT.PATCH_KERNEL'),
+        patch_stride=_square(mvit['PATCH_STRIDE'], 'MVIT.PATCH_STRIDE'),
+        patch_padding=_square(mvit['PATCH_PADDING'], 'MVIT.PATCH_PADDING'))
+    return dict(type='mmrev.RevMViT', arch=arch, img_size=data.get('TRAIN_CROP_SIZE', 224),
+                drop_path_rate=mvit.get('DROPPATH_RATE', 0.))
+
+
+def _kv_strides(kv_stride: int, q_strides: list, transitions: list,
+                depth: int) -> Dict[int, int]:
+    """The k/v pooling stride of every layer: divided by each transition's q stride."""
+    strides = {}
+    for i in range(depth):
+        if i in transitions:
+            kv_stride = max(kv_stride // q_strides[transitions.index(i)], 1)
+        strides[i] = kv_stride
+    return strides
+
+
+def _square(size: Sequence[int], option: str) -> int:
+    """The side of a 2-D ``[h, w]`` size, or of a ``[1, h, w]`` (time, height, width)
+    one, which must be square."""
+    size = list(size)
+    if len(size) == 3 and size[0] == 1:
+        size = size[1:]
+    if len(size) != 2 or size[0] != size[1]:
+        raise SlowFastConversionError(
+            f'{option} = {size} is not supported by mmrev: only square 2-D sizes')
+    return size[0]
+
+
+def _one_or_list(values: list) -> Union[float, list]:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def head_channels(arch: dict) -> int:
+    """Input channels of the head: the ``[Y1, Y2]`` width of the last stage (RevMViT:
+    SlowFast's rounding of heads and widths at each transition)."""
+    if 'transition_layers' not in arch:
+        return 2 * arch['embed_dims']
+    from mmrev.models.backbones.revmvit import round_width
+    channels, num_heads = arch['embed_dims'], arch['num_heads']
+    for t in range(len(arch['transition_layers'])):
+        num_heads = round_width(num_heads, _nth(arch['head_mul'], t))
+        channels = round_width(channels, _nth(arch['dim_mul'], t), num_heads)
+    return 2 * channels
+
+
+def _nth(value: Union[float, list], index: int) -> float:
+    return value[index] if isinstance(value, list) else value
+
+
 def spec_from_state_dict(state_dict: Mapping[str, Tensor], kind: str,
                          arch: Optional[Union[str, dict]] = None) -> ModelSpec:
-    """The model of SlowFast weights without a cfg, from key names and shapes.
+    """The model of SlowFast weights without a cfg, from key names and shapes, or with
+    the backbone ``arch`` (a name or dict) given.
 
-    The number of attention heads is not in the weights: it is taken from ``arch``
-    (an arch name or dict of the backbone) or from the arch zoo entry whose other
-    dimensions match.
+    RevViT: the number of attention heads is not in the weights; it comes from the arch
+    zoo entry whose other dimensions match. RevMViT: heads come from the shapes of the
+    pooling kernels; strides, padding and the residual path are not in the weights and
+    are those of arch ``'base'`` (SlowFast's REV_MVIT_B_16_CONV).
     """
-    if kind != 'RevViT':
-        raise SlowFastConversionError(
-            f'Inferring a SlowFast {kind} architecture is not supported yet')
-    embed_dims, _, kernel_h, kernel_w = _shape(state_dict, 'patch_embed.proj.weight')
+    from mmrev.models import RevMViT, RevViT
+    backbone_class = RevViT if kind == 'RevViT' else RevMViT
+    if kind == 'RevViT':
+        arch = arch or _revvit_zoo_arch(state_dict)
+    else:
+        arch = arch or _revmvit_arch_from_weights(state_dict)
+    try:
+        settings = backbone_class._parse_arch(arch)
+    except ValueError as e:
+        raise SlowFastConversionError(str(e)) from e
     num_tokens = _shape(state_dict, 'pos_embed')[1]
     grid = math.isqrt(num_tokens)
-    if grid * grid != num_tokens or kernel_h != kernel_w:
+    if grid * grid != num_tokens:
         raise SlowFastConversionError(
-            f'Cannot infer the image size: pos_embed has {num_tokens} tokens, patches '
-            f'are {kernel_h}x{kernel_w}; pass a checkpoint with its cfg')
-    arch = arch or _revvit_zoo_arch(
-        embed_dims=embed_dims,
-        num_layers=len(_layer_indices(state_dict)),
-        feedforward_channels=_shape(state_dict,
-                                    f'{REV_LAYER_PREFIX}0.G.mlp.fc1.weight')[0])
-    num_classes, head_channels = _shape(state_dict, 'head.projection.weight')
-    return ModelSpec(
-        backbone=dict(type='mmrev.RevViT', arch=arch, img_size=grid * kernel_h,
-                      patch_size=kernel_h,
-                      qkv_bias=f'{REV_LAYER_PREFIX}0.F.attn.q.bias' in state_dict),
-        num_classes=num_classes, head_channels=head_channels,
-        crop_size=grid * kernel_h, imagenet=num_classes == 1000)
+            f'Cannot infer the image size from a pos_embed of {num_tokens} tokens: '
+            f'pass a checkpoint with its SlowFast cfg')
+    patch_kernel = _square(_shape(state_dict, 'patch_embed.proj.weight')[2:],
+                           'The patch embedding kernel')
+    backbone = dict(type=f'mmrev.{kind}', arch=arch)
+    if kind == 'RevViT':
+        backbone.update(img_size=grid * patch_kernel, patch_size=patch_kernel,
+                        qkv_bias=f'{REV_LAYER_PREFIX}0.F.attn.q.bias' in state_dict)
+    else:
+        backbone.update(img_size=grid * settings['patch_stride'])
+    num_classes, in_channels = _shape(state_dict, 'head.projection.weight')
+    return ModelSpec(backbone=backbone, num_classes=num_classes, head_channels=in_channels,
+                     crop_size=backbone['img_size'], imagenet=num_classes == 1000)
 
 
-def _revvit_zoo_arch(**dims) -> str:
+def _revvit_zoo_arch(state_dict: Mapping[str, Tensor]) -> str:
+    """The RevViT arch whose dimensions match the weights (the number of heads is not
+    stored in them)."""
     from mmrev.models import RevViT
+    dims = dict(
+        embed_dims=_shape(state_dict, 'patch_embed.proj.weight')[0],
+        num_layers=len(layer_indices(state_dict)),
+        feedforward_channels=_shape(state_dict, f'{REV_LAYER_PREFIX}0.G.mlp.fc1.weight')[0])
     for name, setting in RevViT.arch_zoo.items():
         if len(name) > 1 and all(setting[k] == v for k, v in dims.items()):
             return name
@@ -171,15 +273,56 @@ def _revvit_zoo_arch(**dims) -> str:
         '"num_layers": ..., "num_heads": ..., "feedforward_channels": ...}\'')
 
 
+def _revmvit_arch_from_weights(state_dict: Mapping[str, Tensor]) -> Union[str, dict]:
+    """The RevMViT arch of the weights (its name if it is in the arch zoo)."""
+    from mmrev.models import RevMViT
+    base = RevMViT.arch_zoo['base']
+    transitions = transition_layers(state_dict)
+
+    def layer_shape(i: int, name: str) -> List[int]:
+        return _shape(state_dict, f'{REV_LAYER_PREFIX}{i}.{name}')
+
+    def width(i: int) -> int:
+        return layer_shape(i, 'G.norm.weight')[0]
+
+    def heads(i: int) -> int:
+        return width(i) // layer_shape(i, 'F.attn.pool_k.weight')[0]
+
+    fuse_key = f'{REV_LAYER_PREFIX}{transitions[0]}.pre_q_fuse.fuse_fn.fc1.weight' \
+        if transitions else None
+    if fuse_key in state_dict:
+        hidden, channels = state_dict[fuse_key].shape
+        fusion = f'concat_linear_{hidden / channels:g}'
+    elif any('.res_proj.' in k for k in state_dict):
+        raise SlowFastConversionError(
+            'The stream fusion of these weights (avg, max, min or add) is not stored in '
+            'them: pass the arch with its pre_q_fusion')
+    else:
+        fusion = 'concat'
+    arch = dict(
+        embed_dims=width(0), num_layers=len(layer_indices(state_dict)),
+        num_heads=heads(0), transition_layers=transitions,
+        dim_mul=_one_or_list([width(t) / width(t - 1) for t in transitions]),
+        head_mul=_one_or_list([heads(t) / heads(t - 1) for t in transitions]),
+        q_stride=base['q_stride'], kv_stride=base['kv_stride'],
+        pool_kernel=layer_shape(0, 'F.attn.pool_k.weight')[-1], pre_q_fusion=fusion,
+        res_path=base['res_path'],
+        mlp_ratio=layer_shape(0, 'G.mlp.fc1.weight')[0] / width(0),
+        qkv_bias=f'{REV_LAYER_PREFIX}0.F.attn.q.bias' in state_dict,
+        patch_kernel=_square(_shape(state_dict, 'patch_embed.proj.weight')[2:],
+                             'The patch embedding kernel'),
+        patch_stride=base['patch_stride'], patch_padding=base['patch_padding'])
+    for name, setting in RevMViT.arch_zoo.items():
+        if len(name) > 1 and dict(setting, transition_layers=list(
+                setting['transition_layers'])) == arch:
+            return name
+    return arch
+
+
 def _shape(state_dict: Mapping[str, Tensor], key: str) -> List[int]:
     if key not in state_dict:
         raise SlowFastConversionError(f'Missing key {key!r} in the SlowFast weights')
     return list(state_dict[key].shape)
-
-
-def _layer_indices(state_dict: Mapping[str, Tensor]) -> List[int]:
-    return sorted({int(k[len(REV_LAYER_PREFIX):].split('.')[0])
-                   for k in state_dict if k.startswith(REV_LAYER_PREFIX)})
 
 
 def classifier_config(spec: ModelSpec) -> dict:

@@ -1,10 +1,11 @@
 """Reversible backprop through a stack of ReversibleBlocks.
 
-The forward keeps no activations: only the stack's two output streams are saved. The
-backward walks the blocks in reverse, recomputing each block's inputs from its outputs and
-backpropagating through the block as it goes, so activation memory does not grow with depth.
+The forward keeps no activations: only the stack's two output streams are saved. In
+backward, each block recomputes its inputs from its outputs, backpropagates through
+itself, and hands the recomputed inputs down to the block below as that block's outputs.
+Activation memory therefore does not grow with depth.
 """
-from typing import Iterable, Tuple
+from typing import Iterable, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -12,35 +13,38 @@ from torch import Tensor, nn
 from .coupling import ReversibleBlock, Streams
 
 
-class _ReversibleFunction(torch.autograd.Function):
-    """Runs ``blocks`` without saving activations; recomputes them in backward.
+class _ReversibleBlockFunction(torch.autograd.Function):
+    """One block of a reversible stack, as one autograd node that saves nothing but
+    the RNG/autocast state of its sub-functions (the top block also saves its outputs).
 
-    The trainable parameters are inputs of the Function and their gradients are its
-    outputs, as for any autograd op: autograd accumulates each parameter's gradient
-    once, so DDP's gradient hooks fire once (in any of its modes, ``no_sync``
-    included), and the backward runs even when the stack's input needs no gradient
-    (a frozen stem). Accumulating them into ``.grad`` inside the backward instead
-    would fire DDP's hooks twice: autograd still visits every input's accumulator.
+    The block's trainable parameters are inputs of the node and their gradients its
+    outputs, as for any autograd op: autograd accumulates each one once, block by
+    block, so DDP's gradient hooks fire once per parameter and all-reduce overlaps
+    with backward; and the backward runs even when the stack's input needs no gradient.
     """
 
     @staticmethod
-    def forward(ctx, x1: Tensor, x2: Tensor, blocks: 'ReversibleSequence',
-                *params: Tensor) -> Streams:
-        ctx.blocks, ctx.params, ctx.states = blocks, params, []
-        for block in blocks:
-            x1, x2 = block(x1, x2, ctx.states)
-        ctx.save_for_backward(x1, x2)
-        return x1, x2
+    def forward(ctx, x1: Tensor, x2: Tensor, block: ReversibleBlock,
+                handoff: List[Streams], is_top: bool, *params: Tensor) -> Streams:
+        ctx.block, ctx.handoff, ctx.states = block, handoff, []
+        y1, y2 = block(x1, x2, ctx.states)
+        if is_top:
+            ctx.save_for_backward(y1, y2)
+        return y1, y2
 
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor) -> Tuple:
-        y1, y2 = ctx.saved_tensors
-        states, param_grads = ctx.states, {}
-        for i in reversed(range(len(ctx.blocks))):
-            y1, y2, dy1, dy2 = ctx.blocks[i].backward_pass(
-                y1, y2, dy1, dy2, states[2 * i], states[2 * i + 1], param_grads)
-        del ctx.states
-        return (dy1, dy2, None) + tuple(param_grads.get(p) for p in ctx.params)
+        if ctx.saved_tensors:
+            y1, y2 = ctx.saved_tensors
+        elif ctx.handoff:
+            y1, y2 = ctx.handoff.pop()
+        else:
+            raise RuntimeError('Reversible backprop runs one backward per forward; '
+                               'set reversible=False to backpropagate twice')
+        x1, x2, dx1, dx2, param_grads = ctx.block.backward_pass(
+            y1, y2, dy1, dy2, *ctx.states)
+        ctx.handoff.append((x1, x2))
+        return (dx1, dx2, None, None, None, *param_grads)
 
 
 class ReversibleSequence(nn.ModuleList):
@@ -60,9 +64,12 @@ class ReversibleSequence(nn.ModuleList):
         self.reversible = reversible
 
     def forward(self, x1: Tensor, x2: Tensor) -> Streams:
-        if self.reversible and self.training and torch.is_grad_enabled():
-            params = [p for p in self.parameters() if p.requires_grad]
-            return _ReversibleFunction.apply(x1, x2, self, *params)
-        for block in self:
-            x1, x2 = block(x1, x2)
+        if not (self.reversible and self.training and torch.is_grad_enabled()):
+            for block in self:
+                x1, x2 = block(x1, x2)
+            return x1, x2
+        handoff = []
+        for i, block in enumerate(self):
+            x1, x2 = _ReversibleBlockFunction.apply(
+                x1, x2, block, handoff, i == len(self) - 1, *block.trainable_parameters())
         return x1, x2

@@ -1,6 +1,6 @@
 """The reversible block: additive coupling of two streams, and its inverse."""
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -8,20 +8,24 @@ from torch import Tensor, nn
 from .replay import ForwardState
 
 Streams = Tuple[Tensor, Tensor]
-ParamGrads = Dict[Tensor, Tensor]
+Grads = List[Optional[Tensor]]
+
+
+def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
-                   param_grads: ParamGrads, chunks: int = 1) -> Tuple[Tensor, Tensor]:
+                   chunks: int = 1) -> Tuple[Tensor, Tensor, Grads]:
     """Rerun ``fn(x)`` as in the forward and backpropagate ``dy`` through it.
 
-    Returns ``fn(x)`` and the gradient of ``x``; the gradients of ``fn``'s trainable
-    parameters go into ``param_grads`` (not into ``.grad``: the caller hands them to
-    autograd). With ``chunks > 1`` the rerun is split along dim 1 to bound its
+    Returns ``fn(x)``, the gradient of ``x`` and the gradients of
+    ``trainable_parameters(fn)`` (not accumulated into ``.grad``: the caller hands them
+    to autograd). With ``chunks > 1`` the rerun is split along dim 1, which bounds its
     activation memory.
     """
-    params = [p for p in fn.parameters() if p.requires_grad]
-    outs, dxs = [], []
+    params = trainable_parameters(fn)
+    outs, dxs, param_grads = [], [], [None] * len(params)
     for x_part, dy_part in zip(x.chunk(chunks, 1), dy.chunk(chunks, 1)):
         x_part = x_part.detach().requires_grad_()
         with torch.enable_grad(), state.replay():
@@ -30,16 +34,11 @@ def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
             out, [x_part, *params], dy_part.to(out.dtype), allow_unused=True)
         outs.append(out.detach())
         dxs.append(dx)
-        for param, grad in zip(params, grads):
-            if grad is None:
-                continue
-            if param in param_grads:
-                param_grads[param].add_(grad)
-            else:
-                param_grads[param] = grad
+        param_grads = [total if grad is None else grad if total is None else total + grad
+                       for total, grad in zip(param_grads, grads)]
     if chunks == 1:
-        return outs[0], dxs[0]
-    return torch.cat(outs, 1), torch.cat(dxs, 1)
+        return outs[0], dxs[0], param_grads
+    return torch.cat(outs, 1), torch.cat(dxs, 1), param_grads
 
 
 class ReversibleBlock(nn.Module):
@@ -59,6 +58,11 @@ class ReversibleBlock(nn.Module):
         if g_chunks < 1:
             raise ValueError(f'g_chunks must be >= 1, got {g_chunks}')
         self.f, self.g, self.g_chunks = f, g, g_chunks
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """F's then G's parameters that require grad: the order of
+        :meth:`backward_pass`'s parameter gradients."""
+        return trainable_parameters(self.f) + trainable_parameters(self.g)
 
     def forward(self, x1: Tensor, x2: Tensor,
                 states: Optional[List[ForwardState]] = None) -> Streams:
@@ -82,15 +86,15 @@ class ReversibleBlock(nn.Module):
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,
-                      f_state: ForwardState, g_state: ForwardState,
-                      param_grads: ParamGrads) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """From outputs and their gradients, return inputs and their gradients;
-        add the parameters' gradients to ``param_grads``."""
-        g_y1, dy1_through_g = _recompute_vjp(self.g, y1, dy2, g_state, param_grads,
-                                             self.g_chunks)
+                      f_state: ForwardState, g_state: ForwardState
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Grads]:
+        """From outputs and their gradients, return the inputs, their gradients and
+        the gradients of :meth:`trainable_parameters`."""
+        g_y1, dy1_through_g, g_grads = _recompute_vjp(self.g, y1, dy2, g_state,
+                                                      self.g_chunks)
         x2 = y2 - g_y1
         dx1 = dy1 + dy1_through_g
-        f_x2, dx2_through_f = _recompute_vjp(self.f, x2, dx1, f_state, param_grads)
+        f_x2, dx2_through_f, f_grads = _recompute_vjp(self.f, x2, dx1, f_state)
         x1 = y1 - f_x2
         dx2 = dy2 + dx2_through_f
-        return x1, x2, dx1, dx2
+        return x1, x2, dx1, dx2, f_grads + g_grads

@@ -12,6 +12,7 @@ from mmpretrain import get_model
 from mmpretrain.registry import MODELS
 
 from mmrev.converters import (
+    ModelSpec,
     SlowFastConversionError,
     classifier_config,
     config_text,
@@ -82,6 +83,37 @@ def test_cli_writes_what_the_api_writes(name, tmp_path):
         assert torch.equal(from_cli['state_dict'][key], value)
     assert (tmp_path / 'cli.py').read_text() == Path(api.config).read_text()
     assert from_cli['meta']['model'] == from_api['meta']['model']
+
+
+@pytest.mark.parametrize('crop_size', [32, 224])
+def test_written_pipeline_preprocesses_as_slowfast_eval(crop_size, tmp_path):
+    """Written test pipeline and data preprocessor vs SlowFast's ImageNet evaluation
+    transform (torchvision on PIL images)."""
+    from mmengine import Config
+    from mmengine.dataset import Compose
+    from mmpretrain.registry import TRANSFORMS
+    from PIL import Image
+    from torchvision import transforms as T
+    spec = ModelSpec(backbone=dict(type='mmrev.RevViT', arch='small'), num_classes=10,
+                     head_channels=768, crop_size=crop_size)
+    cfg = Config.fromstring(config_text(spec, 'test'), '.py')
+    pipeline = Compose([TRANSFORMS.build(t) for t in cfg.test_pipeline])
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        preprocessor = MODELS.build(dict(type='ClsDataPreprocessor',
+                                         **cfg.data_preprocessor))
+    slowfast_eval = T.Compose([
+        T.Resize(int(crop_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(375, 500), (41, 77), (300, 299)]:
+        path = tmp_path / f'{height}x{width}.png'
+        Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                                      generator=generator).numpy()).save(path)
+        data = pipeline(dict(img_path=str(path)))
+        ours = preprocessor(dict(inputs=[data['inputs']],
+                                 data_samples=[data['data_samples']]))['inputs'][0]
+        expected = slowfast_eval(Image.open(path).convert('RGB'))
+        assert torch.allclose(ours, expected, rtol=0, atol=1e-5)
 
 
 def pretrained_classifier(config_path: str, checkpoint: str, on_backbone: bool):

@@ -5,7 +5,7 @@ SlowFast stores in its checkpoints) or, without one, from the key names and shap
 the weights. :func:`config_text` writes it as a self-contained mmpretrain config file.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
@@ -21,8 +21,8 @@ from .slowfast import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# SlowFast options mmrev does not implement, with the only value it supports.
-UNSUPPORTED_OPTIONS = {
+# SlowFast options for features mmrev does not implement: the only value it supports.
+REQUIRED_OPTION_VALUES = {
     ('MVIT', 'PATCH_2D'): True,
     ('MVIT', 'CLS_EMBED_ON'): False,
     ('MVIT', 'USE_ABS_POS'): True,
@@ -63,7 +63,7 @@ class ModelSpec:
     val_crop_ratio: float = 0.875
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
-    imagenet: bool = field(default=False)
+    imagenet: bool = False
 
     @property
     def kind(self) -> str:
@@ -85,7 +85,7 @@ def spec_from_slowfast_cfg(cfg_text: str) -> ModelSpec:
         raise SlowFastConversionError(
             f"The checkpoint's cfg describes a {model.get('MODEL_NAME')} model without "
             'MVIT.REV.ENABLE: mmrev converts only reversible MViT/ViT models')
-    for (section, option), supported in UNSUPPORTED_OPTIONS.items():
+    for (section, option), supported in REQUIRED_OPTION_VALUES.items():
         value = cfg.get(section, {}).get(option, supported)
         if value != supported:
             raise SlowFastConversionError(

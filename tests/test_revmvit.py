@@ -218,3 +218,25 @@ def test_official_manifest_maps_onto_state_dict():
     assert len(mapped) == len(rows) - 1 == 380
     ours = {k: list(v.shape) for k, v in build_base_classifier().state_dict().items()}
     assert mapped == ours
+
+
+def saved_bytes(model, x):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)[0]
+    out.sum().backward()
+    return total
+
+
+def test_activation_memory_constant_in_stack_depth():
+    x = torch.randn(2, 3, 32, 32)
+    for reversible in (True, False):
+        shallow, deep = (saved_bytes(tiny(arch_num_layers=n, reversible=reversible).train(), x)
+                         for n in (5, 11))
+        assert shallow == deep if reversible else deep > shallow

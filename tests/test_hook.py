@@ -1,12 +1,14 @@
 """ReversibleBackpropHook in a real mmengine Runner, on a tiny RevViT and tiny data."""
 import json
+import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
@@ -76,9 +78,8 @@ class Probe(Hook):
         return counted
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        stack = runner.model.module.backbone.layers if isinstance(runner.model, FakeDDP) \
-            else runner.model.backbone.layers
-        self.stack_hooks.append(len(stack._forward_hooks))
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.stack_hooks.append(len(model.backbone.layers._forward_hooks))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.backward_passes.append(self._counts['backward'])
@@ -135,6 +136,39 @@ def test_switch_chooses_backprop(tmp_path, monkeypatch, wrapped, hook, expected)
     runner = make_runner(tmp_path, dict(hook, interval=0), model=model, probe=probe)
     runner.train()
     assert probe.backward_passes == expected  # 2 blocks: 2 reversible backward passes
+
+
+@pytest.fixture
+def process_group():
+    """A one-process gloo group, so that mmengine's real DDP wrapper can run."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('hook, make_model, expected', [
+    # the gradient check's reversible backward adds 2 on checked iterations
+    (dict(check_grad=True), lambda: TinyClassifier(), [2, 4, 2, 4]),
+    (dict(policy='switch'), lambda: drifting_model(), [2, 0, 0, 0]),
+])
+def test_checks_under_ddp(tmp_path, monkeypatch, process_group, hook, make_model,
+                          expected):
+    """The checks' extra forward and backward passes leave DDP's gradients intact."""
+    params = []
+    for wrap in [False, True]:
+        probe = Probe(monkeypatch)
+        torch.manual_seed(0)
+        model = make_model()
+        runner = make_runner(tmp_path / str(wrap), dict(hook, interval=2), probe=probe,
+                             model=MMDistributedDataParallel(model) if wrap else model)
+        runner.train()
+        assert probe.backward_passes == expected
+        params.append(torch.cat([p.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[1], params[0])
 
 
 def test_check_runs_only_on_its_iterations(tmp_path, monkeypatch):

@@ -151,10 +151,11 @@ class RevMViT(BaseBackbone):
     No class token; absolute position embedding, bicubically interpolated to the input.
 
     Output scale ``s`` is the ``[Y1, Y2]`` concatenation of stage ``s``, normalised by its
-    own LayerNorm ``norm{s}``: 2 * C_s channels at stride ``patch_stride * 2**s`` (arch
-    ``base``: 192, 384, 768, 1536 channels at strides 4, 8, 16, 32). For detection
-    necks (mmdet's FPN): ``out_type='featmap', out_scales=(0, 1, 2, 3)``; the official
-    weights hold only the last scale's norm, so the others start as identity LayerNorms.
+    own LayerNorm ``norm{s}``: 2 * C_s channels at stride ``patch_stride`` times the q
+    strides of transitions 1 to s (arch ``base``: 192, 384, 768, 1536 channels at strides
+    4, 8, 16, 32). For detection necks (mmdet's FPN): ``out_type='featmap',
+    out_scales=(0, 1, 2, 3)``; the official weights hold only the last scale's norm, the
+    others keep their initialisation.
 
     Args:
         arch (str | dict): ``'base'`` (Rev-MViT-B, 39.7M parameters with a 1000-class
@@ -235,8 +236,8 @@ class RevMViT(BaseBackbone):
                                           for key in ('dim_mul', 'head_mul', 'q_stride'))
         drop_path_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
         bounds = [0] + transitions + [num_layers]
-        channels, num_heads, stride_kv = arch['embed_dims'], arch['num_heads'], \
-            arch['kv_stride']
+        channels, num_heads = arch['embed_dims'], arch['num_heads']
+        stride_kv = arch['kv_stride']
         common = dict(mlp_ratio=arch['mlp_ratio'], qkv_bias=arch['qkv_bias'],
                       pool_kernel=arch['pool_kernel'], norm_cfg=norm_cfg)
         self.stages = nn.ModuleList()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.registry import DefaultScope
+from mmengine.runner import load_checkpoint
 from mmpretrain import get_model
 from mmpretrain.registry import MODELS
 
@@ -148,6 +149,35 @@ def written_config(name: str, tmp_path: Path) -> str:
     path = tmp_path / f'{name}.py'
     path.write_text(config_text(spec_from_slowfast_cfg(load_fixture(name)['cfg']), name))
     return str(path)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_slowfast_checkpoint_converts_on_the_fly(name, tmp_path):
+    config, pyth = written_config(name, tmp_path), str(FIXTURES / f'{name}.pyth')
+    expected = torch.load(FIXTURES / f'{name}_io.pt', weights_only=True)
+    models = [get_model(config, pretrained=pyth),
+              pretrained_classifier(config, pyth, on_backbone=False),
+              pretrained_classifier(config, pyth, on_backbone=True)]
+    for model in models:
+        with torch.no_grad():
+            features = model.extract_feat(expected['input'])[0]
+        assert torch.allclose(features, expected['features'], rtol=0, atol=1e-5)
+
+
+def test_slowfast_url_converts_on_the_fly(tmp_path, monkeypatch):
+    """A model-zoo URL, as metafiles list them (the download is replaced by the local
+    fixture)."""
+    import mmrev.engine.checkpoint as engine_checkpoint
+    monkeypatch.setattr(engine_checkpoint, 'download_checkpoint',
+                        lambda url, *args, **kwargs: str(FIXTURES / 'revvit_tiny.pyth'))
+    model = get_model(written_config('revvit_tiny', tmp_path))
+    checkpoint = load_checkpoint(
+        model, 'https://dl.fbaipublicfiles.com/pyslowfast/rev/REV_VIT_S.pyth', strict=True)
+    assert checkpoint['meta']['converted_from'] == 'SlowFast'
+    expected = torch.load(FIXTURES / 'revvit_tiny_io.pt', weights_only=True)
+    with torch.no_grad():
+        logits = model.head(model.extract_feat(expected['input']))
+    assert torch.allclose(logits, expected['logits'], rtol=0, atol=1e-5)
 
 
 def manifest_state_dict(name: str) -> dict:

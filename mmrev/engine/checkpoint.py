@@ -8,6 +8,8 @@ while checkpoints from http(s) are read with ``weights_only=False``, trusting an
 Importing this module registers mmengine's local-file and http(s) schemes anew: both read
 the file with :func:`load_checkpoint_file`, which keeps ``weights_only=True`` and allows
 exactly the objects of mmengine training checkpoints (:data:`TRAINING_CHECKPOINT_GLOBALS`).
+Both then convert a reversible SlowFast checkpoint (``.pyth``) for mmrev on the fly
+(:func:`mmrev.converters.convert_if_slowfast`).
 """
 import os
 import os.path as osp
@@ -20,6 +22,8 @@ import torch
 from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
+
+from mmrev.converters import convert_if_slowfast
 
 try:
     from numpy._core import multiarray  # numpy >= 1.26
@@ -120,7 +124,7 @@ def load_from_local(filename: str, map_location: MapLocation = None) -> Any:
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    return load_checkpoint_file(filename, map_location)
+    return convert_if_slowfast(load_checkpoint_file(filename, map_location), filename)
 
 
 @CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), force=True)
@@ -134,4 +138,4 @@ def load_from_http(filename: str, map_location: MapLocation = None,
     if world_size > 1:
         torch.distributed.barrier()
         cached_file = download_checkpoint(filename, model_dir, progress)
-    return load_checkpoint_file(cached_file, map_location)
+    return convert_if_slowfast(load_checkpoint_file(cached_file, map_location), filename)

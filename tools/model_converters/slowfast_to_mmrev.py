@@ -1,4 +1,4 @@
-"""Convert an official (or your own) SlowFast RevViT / RevMViT checkpoint for mmrev.
+r"""Convert an official (or your own) SlowFast RevViT / RevMViT checkpoint for mmrev.
 
     python tools/model_converters/slowfast_to_mmrev.py REV_VIT_S.pyth \
         checkpoints/revvit-small_slowfast_in1k.pth

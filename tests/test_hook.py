@@ -59,6 +59,16 @@ class Drifting(nn.Module):
         return self.fn(x) + 0.1 * (self.calls % 2) * x  # LayerNorm would undo a uniform shift
 
 
+class ReturnsNaN(nn.Module):
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) * float('nan')
+
+
 class Probe(Hook):
     """Per iteration: reversible block backward passes run, forward hooks on the stack
     at the start of the iteration, reconstruction measurements."""
@@ -258,9 +268,12 @@ def test_policy_switch(tmp_path, monkeypatch):
     assert len(history(runner, 'rev/recon_err')) == 2  # still monitored
 
 
-def test_policy_raise(tmp_path):
-    runner = make_runner(tmp_path, dict(interval=2, policy='raise'), model=drifting_model())
-    with pytest.raises(RuntimeError, match=r"'backbone.layers' .* > tolerance"):
+@pytest.mark.parametrize('broken, error', [(Drifting, r'\d'), (ReturnsNaN, 'nan')])
+def test_policy_raise(tmp_path, broken, error):
+    model = TinyClassifier()
+    model.backbone.layers[-1].g = broken(model.backbone.layers[-1].g)
+    runner = make_runner(tmp_path, dict(interval=2, policy='raise'), model=model)
+    with pytest.raises(RuntimeError, match=rf"'backbone.layers' .* error {error}.* > tol"):
         runner.train()
     assert runner.iter == 1  # stopped in the forward of the checked iteration
 

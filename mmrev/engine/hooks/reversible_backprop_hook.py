@@ -36,9 +36,10 @@ class ReversibleBackpropHook(Hook):
     Every ``interval`` training iterations, each reversible stack recomputes its input
     streams from its outputs on the current batch (under the batch's autocast state) and
     the error is logged as ``rev/recon_err`` (relative, max over the stacks) and
-    ``rev/recon_abs_err``, per stack as ``rev/{stack}/recon_err`` if there are several.
-    Other iterations run no extra code in the model: the measuring forward hooks are
-    installed only for checked iterations. The check does not touch the training RNG.
+    ``rev/recon_abs_err``, per stack as ``rev/{stack}/recon_err`` if there are several
+    (the runner's log line and visualizer show the latest check's values). Other
+    iterations run no extra code in the model: the measuring forward hooks are installed
+    only for checked iterations. The check does not touch the training RNG.
 
     Args:
         reversible (bool): use reversible backprop, from ``begin_iter`` on; False:

@@ -1,6 +1,7 @@
 """SlowFast checkpoint conversion, checked against outputs of the official SlowFast code."""
 import json
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from mmrev.converters import (
     spec_from_slowfast_cfg,
     spec_from_state_dict,
 )
+from mmrev.converters.slowfast_config import head_channels
+from mmrev.models import RevMViT
 
 FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
 CLI = Path(__file__).parents[1] / 'tools' / 'model_converters' / 'slowfast_to_mmrev.py'
@@ -210,6 +213,56 @@ def test_full_size_manifest_loads_strictly(name, kind, arch):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     assert sum(v.numel() for v in converted.values()) == sum(
         p.numel() for p in model.parameters())
+
+
+def slowfast_keys(state_dict: dict, transitions: list) -> dict:
+    """An mmrev RevMViT classifier's state_dict under SlowFast's names: the mapping
+    rules of the RevMViT docstring, stated independently of the converter."""
+    first_layers = [0] + [t + 1 for t in transitions]
+    renamed = {}
+    for key, value in state_dict.items():
+        layer = re.match(r'backbone\.stages\.(\d+)\.(transition|blocks\.(\d+))\.(.+)', key)
+        if layer:
+            stage, inner = int(layer.group(1)), layer.group(4)
+            index = (transitions[stage - 1] if layer.group(2) == 'transition' else
+                     first_layers[stage] + int(layer.group(3)))
+            inner = re.sub('^f\\.', 'F.', re.sub('^g\\.', 'G.', inner))
+            inner = inner.replace('pre_q_fuse.mlp.', 'pre_q_fuse.fuse_fn.')
+            if re.search(r'pool_[qkv]\.weight$', inner):
+                value = value.unsqueeze(2)
+            key = f'rev_backbone.layers.{index}.{inner}'
+        else:
+            for mmrev_name, slowfast_name in [
+                    (r'^backbone\.norm\d+\.', 'norm.'), (r'^backbone\.pos_embed', 'pos_embed'),
+                    (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.'),
+                    (r'^head\.fc\.', 'head.projection.')]:
+                key = re.sub(mmrev_name, slowfast_name, key)
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize('pre_q_fusion, res_path', [
+    ('concat_linear_2', 'max'), ('concat', 'conv'), ('avg', 'conv'), ('max', 'max')])
+def test_every_revmvit_fusion_and_residual_path_converts(pre_q_fusion, res_path):
+    arch = dict(embed_dims=16, num_layers=5, num_heads=1, transition_layers=[1, 3],
+                pre_q_fusion=pre_q_fusion, res_path=res_path, mlp_ratio=1.)
+    backbone = dict(type='mmrev.RevMViT', arch=arch, img_size=32)
+    spec = ModelSpec(backbone=backbone, num_classes=3, head_channels=head_channels(backbone))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(classifier_config(spec))
+    expected = model.state_dict()
+    slowfast = slowfast_keys(expected, [1, 3])
+    converted = convert_state_dict(slowfast)
+    assert set(converted) == set(expected)
+    for key, value in converted.items():
+        assert torch.equal(value, expected[key]), key
+    if pre_q_fusion.startswith('concat'):
+        inferred = spec_from_state_dict(slowfast, 'RevMViT').backbone['arch']
+        base = RevMViT.arch_zoo['base']  # the residual path is not in the weights
+        assert inferred == {**base, **arch, 'res_path': base['res_path']}
+    else:  # a reduction: not stored in the weights
+        with pytest.raises(SlowFastConversionError, match='pass the arch'):
+            spec_from_state_dict(slowfast, 'RevMViT')
 
 
 # ---------------------------------------------------------------- bad input

@@ -139,6 +139,9 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
         spec = spec_from_slowfast_cfg(cfg_text)
     else:
         spec = spec_from_state_dict(state_dict, detect_model_kind(state_dict), arch)
+        log(f'No SlowFast cfg in {src}: no config file written; architecture '
+            f'{"given" if arch else "inferred from the weights"}, see '
+            f'spec_from_state_dict for what the weights do not tell')
     if arch is not None:
         spec.backbone['arch'] = arch
     config_path = osp.splitext(dst)[0] + '.py' if isinstance(cfg_text, str) else None

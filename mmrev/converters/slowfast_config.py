@@ -98,7 +98,7 @@ def spec_from_slowfast_cfg(cfg_text: str) -> ModelSpec:
     return ModelSpec(
         backbone=backbone,
         num_classes=model['NUM_CLASSES'],
-        head_channels=head_channels(backbone['arch']),
+        head_channels=head_channels(backbone),
         crop_size=data.get('TEST_CROP_SIZE', 224),
         val_crop_ratio=data.get('IN_VAL_CROP_RATIO', 0.875),
         mean=tuple(data.get('MEAN', IMAGENET_MEAN)),
@@ -200,12 +200,15 @@ def _one_or_list(values: list) -> Union[float, list]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def head_channels(arch: dict) -> int:
-    """Input channels of the head: the ``[Y1, Y2]`` width of the last stage (RevMViT:
-    SlowFast's rounding of heads and widths at each transition)."""
-    if 'transition_layers' not in arch:
-        return 2 * arch['embed_dims']
+def head_channels(backbone: dict) -> int:
+    """Input channels of the head for the backbone config ``backbone``: the
+    ``[Y1, Y2]`` width of the last stage (RevMViT: SlowFast's rounding of heads and
+    widths at each transition)."""
+    from mmrev.models import RevMViT, RevViT
+    if backbone['type'].endswith('RevViT'):
+        return 2 * RevViT._parse_arch(backbone['arch'])['embed_dims']
     from mmrev.models.backbones.revmvit import round_width
+    arch = RevMViT._parse_arch(backbone['arch'])
     channels, num_heads = arch['embed_dims'], arch['num_heads']
     for t in range(len(arch['transition_layers'])):
         num_heads = round_width(num_heads, _nth(arch['head_mul'], t))

@@ -29,6 +29,14 @@ from .slowfast_config import (
     spec_from_state_dict,
 )
 
+# The architecture without SlowFast cfg: what the weights do not tell is assumed.
+NOT_IN_WEIGHTS = {
+    'RevViT': 'inferred from the weights, with the attention heads of the RevViT arch '
+              'of the same size',
+    'RevMViT': 'inferred from the weights, with the q/kv strides, patch stride and '
+               "padding and residual path of RevMViT arch 'base'",
+}
+
 
 @dataclass
 class ConversionResult:
@@ -138,10 +146,10 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
     if isinstance(cfg_text, str):
         spec = spec_from_slowfast_cfg(cfg_text)
     else:
-        spec = spec_from_state_dict(state_dict, detect_model_kind(state_dict), arch)
-        log(f'No SlowFast cfg in {src}: no config file written; architecture '
-            f'{"given" if arch else "inferred from the weights"}, see '
-            f'spec_from_state_dict for what the weights do not tell')
+        kind = detect_model_kind(state_dict)
+        spec = spec_from_state_dict(state_dict, kind, arch)
+        log(f'No SlowFast cfg in {src}, so no config file is written; the architecture '
+            f'is {"the one given" if arch else NOT_IN_WEIGHTS[kind]}')
     if arch is not None:
         spec.backbone['arch'] = arch
     config_path = osp.splitext(dst)[0] + '.py' if isinstance(cfg_text, str) else None

@@ -10,11 +10,12 @@ from mmrev.testing import backprop_gradients, gradient_errors
 class Stack(nn.Module):
     """Both streams start from the input; the output is their concatenation."""
 
-    def __init__(self, depth, p=0.2, g_chunks=1):
+    def __init__(self, depth, p=0.2, drop_path=0.3, g_chunks=1):
         super().__init__()
         self.layers = ReversibleSequence([
             ReversibleBlock(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Dropout(p)),
-                            nn.Sequential(nn.Linear(8, 8), nn.GELU()), g_chunks)
+                            nn.Sequential(nn.Linear(8, 8), nn.GELU()), drop_path,
+                            g_chunks)
             for _ in range(depth)
         ])
 
@@ -45,7 +46,7 @@ def test_gradients_match_ordinary_backprop(depth, g_chunks):
 
 
 def test_eval_and_no_grad_use_ordinary_path_with_same_numbers():
-    model = Stack(2, p=0.)
+    model = Stack(2, p=0., drop_path=0.)
     x = torch.randn(2, 4, 8)
     model.train()
     train_out = model(x)
@@ -60,6 +61,32 @@ def test_eval_and_no_grad_use_ordinary_path_with_same_numbers():
     torch.testing.assert_close(no_grad_out, eval_out, rtol=0, atol=0)
 
 
-def test_invalid_chunks():
+def test_stochastic_depth_drops_whole_block_per_sample():
+    block = ReversibleBlock(nn.Linear(8, 8), nn.Linear(8, 8), drop_path=0.5).train()
+    x1, x2 = torch.randn(2, 64, 3, 8).unbind(0)
+    y1, y2 = block(x1, x2)
+    f_dropped = (y1 == x1).flatten(1).all(1)
+    g_dropped = (y2 == x2).flatten(1).all(1)
+    assert 0 < f_dropped.sum() < 64
+    assert torch.equal(f_dropped, g_dropped)
+    kept = ~f_dropped
+    torch.testing.assert_close(y1[kept], x1[kept] + 2 * block.f(x2[kept]))
+    assert torch.equal(block.eval()(x1, x2)[0], x1 + block.f(x2))
+
+
+def test_inverse_of_training_forward_replays_recorded_states():
+    block = ReversibleBlock(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5)),
+                            nn.Linear(8, 8), drop_path=0.5).train().double()
+    x1, x2 = torch.randn(2, 16, 3, 8, dtype=torch.double).unbind(0)
+    states = []
+    y1, y2 = block(x1, x2, states)
+    r1, r2 = block.inverse(y1, y2, states[0])
+    torch.testing.assert_close(r1, x1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r2, x2, rtol=0, atol=1e-12)
+
+
+def test_invalid_arguments():
     with pytest.raises(ValueError, match='g_chunks'):
         ReversibleBlock(nn.Identity(), nn.Identity(), g_chunks=0)
+    with pytest.raises(ValueError, match='drop_path'):
+        ReversibleBlock(nn.Identity(), nn.Identity(), drop_path=1.)

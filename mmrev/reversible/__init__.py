@@ -1,6 +1,6 @@
 """Model-agnostic reversible backprop: additive coupling blocks and a stack runner."""
 from .backprop import ReversibleSequence
-from .coupling import ReversibleBlock
+from .coupling import BlockRecord, ReversibleBlock
 from .replay import ForwardState
 
-__all__ = ['ReversibleBlock', 'ReversibleSequence', 'ForwardState']
+__all__ = ['BlockRecord', 'ReversibleBlock', 'ReversibleSequence', 'ForwardState']

@@ -15,7 +15,8 @@ from .coupling import ReversibleBlock, Streams
 
 class _ReversibleBlockFunction(torch.autograd.Function):
     """One block of a reversible stack, as one autograd node that saves nothing but
-    the RNG/autocast state of its sub-functions (the top block also saves its outputs).
+    the block's record (RNG/autocast states, stochastic-depth mask; the top block also
+    saves its outputs).
 
     The block's trainable parameters are inputs of the node and their gradients its
     outputs, as for any autograd op: autograd accumulates each one once, block by
@@ -26,8 +27,9 @@ class _ReversibleBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1: Tensor, x2: Tensor, block: ReversibleBlock,
                 handoff: List[Streams], is_top: bool, *params: Tensor) -> Streams:
-        ctx.block, ctx.handoff, ctx.states = block, handoff, []
-        y1, y2 = block(x1, x2, ctx.states)
+        records = []
+        y1, y2 = block(x1, x2, records)
+        ctx.block, ctx.handoff, ctx.record = block, handoff, records[0]
         if is_top:
             ctx.save_for_backward(y1, y2)
         return y1, y2
@@ -42,7 +44,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
             raise RuntimeError('Reversible backprop runs one backward per forward; '
                                'set reversible=False to backpropagate twice')
         x1, x2, dx1, dx2, param_grads = ctx.block.backward_pass(
-            y1, y2, dy1, dy2, *ctx.states)
+            y1, y2, dy1, dy2, ctx.record)
         ctx.handoff.append((x1, x2))
         return (dx1, dx2, None, None, None, *param_grads)
 
@@ -64,6 +66,10 @@ class ReversibleSequence(nn.ModuleList):
         self.reversible = reversible
 
     def forward(self, x1: Tensor, x2: Tensor) -> Streams:
+        if torch.is_autocast_enabled(x1.device.type):
+            # Keep the streams in float32 under autocast: the inverse, Y1 - F(X2), undoes
+            # a block exactly only if its outputs were not rounded to half precision.
+            x1, x2 = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (x1, x2))
         if not (self.reversible and self.training and torch.is_grad_enabled()):
             for block in self:
                 x1, x2 = block(x1, x2)

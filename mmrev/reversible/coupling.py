@@ -1,6 +1,5 @@
 """The reversible block: additive coupling of two streams, and its inverse."""
-from contextlib import nullcontext
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -9,6 +8,17 @@ from .replay import ForwardState
 
 Streams = Tuple[Tensor, Tensor]
 Grads = List[Optional[Tensor]]
+
+
+class BlockRecord(NamedTuple):
+    """What a block's forward drew and ran under, to replay it exactly in backward."""
+    f_state: ForwardState
+    g_state: ForwardState
+    keep_mask: Optional[Tensor]
+
+
+def _scale(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    return x if mask is None else x * mask
 
 
 def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
@@ -42,22 +52,38 @@ def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
 
 
 class ReversibleBlock(nn.Module):
-    """``Y1 = X1 + F(X2)``, ``Y2 = X2 + G(Y1)``; inverse ``X2 = Y2 - G(Y1)``,
-    ``X1 = Y1 - F(X2)``.
+    """``Y1 = X1 + D * F(X2)``, ``Y2 = X2 + D * G(Y1)``; inverse
+    ``X2 = Y2 - D * G(Y1)``, ``X1 = Y1 - D * F(X2)``.
+
+    ``D`` is the block's stochastic depth: in training, a per-sample keep mask (scaled
+    by ``1 / (1 - drop_path)``) shared by both branches, so a dropped sample skips the
+    whole block, as in the official models; 1 otherwise.
 
     Args:
-        f (nn.Module): first sub-function (e.g. norm + attention + drop path).
-        g (nn.Module): second sub-function (e.g. norm + MLP + drop path).
+        f (nn.Module): first sub-function (e.g. norm + attention).
+        g (nn.Module): second sub-function (e.g. norm + MLP).
+        drop_path (float): probability of dropping the block per sample. Defaults to 0.
         g_chunks (int): split the backward rerun of G into this many chunks along
-            dim 1 (tokens). Exact only for a token-wise G whose randomness is per
-            sample (drop path), not per element (dropout). Defaults to 1.
+            dim 1 (tokens). Exact only for a token-wise G without per-element
+            randomness (dropout). Defaults to 1.
     """
 
-    def __init__(self, f: nn.Module, g: nn.Module, g_chunks: int = 1):
+    def __init__(self, f: nn.Module, g: nn.Module, drop_path: float = 0.,
+                 g_chunks: int = 1):
         super().__init__()
         if g_chunks < 1:
             raise ValueError(f'g_chunks must be >= 1, got {g_chunks}')
-        self.f, self.g, self.g_chunks = f, g, g_chunks
+        if not 0 <= drop_path < 1:
+            raise ValueError(f'drop_path must be in [0, 1), got {drop_path}')
+        self.f, self.g, self.drop_path, self.g_chunks = f, g, drop_path, g_chunks
+
+    def keep_mask(self, x: Tensor) -> Optional[Tensor]:
+        """The stochastic-depth mask ``D`` for a batch like ``x`` (None: keep all)."""
+        if not self.training or self.drop_path == 0:
+            return None
+        keep = 1 - self.drop_path
+        shape = (x.shape[0], ) + (1, ) * (x.ndim - 1)
+        return x.new_empty(shape).bernoulli_(keep).div_(keep)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         """F's then G's parameters that require grad: the order of
@@ -65,36 +91,41 @@ class ReversibleBlock(nn.Module):
         return trainable_parameters(self.f) + trainable_parameters(self.g)
 
     def forward(self, x1: Tensor, x2: Tensor,
-                states: Optional[List[ForwardState]] = None) -> Streams:
-        """Apply the block; if ``states`` is a list, record F's and G's states in it."""
-        if states is not None:
-            states.append(ForwardState(x2))
-        y1 = x1 + self.f(x2)
-        if states is not None:
-            states.append(ForwardState(y1))
-        y2 = x2 + self.g(y1)
+                records: Optional[List[BlockRecord]] = None) -> Streams:
+        """Apply the block; if ``records`` is a list, append what a replay needs."""
+        mask = self.keep_mask(x2)
+        f_state = ForwardState(x2) if records is not None else None
+        y1 = x1 + _scale(self.f(x2), mask)
+        g_state = ForwardState(y1) if records is not None else None
+        y2 = x2 + _scale(self.g(y1), mask)
+        if records is not None:
+            records.append(BlockRecord(f_state, g_state, mask))
         return y1, y2
 
     @torch.no_grad()
-    def inverse(self, y1: Tensor, y2: Tensor, f_state: Optional[ForwardState] = None,
-                g_state: Optional[ForwardState] = None) -> Streams:
-        """Recompute the inputs from the outputs (replaying recorded states, if any)."""
-        with g_state.replay() if g_state else nullcontext():
-            x2 = y2 - self.g(y1)
-        with f_state.replay() if f_state else nullcontext():
-            x1 = y1 - self.f(x2)
+    def inverse(self, y1: Tensor, y2: Tensor,
+                record: Optional[BlockRecord] = None) -> Streams:
+        """Recompute the inputs from the outputs, replaying the forward's ``record``
+        (which a training-mode forward with randomness needs)."""
+        if record is None:
+            return y1 - self.f(y2 - self.g(y1)), y2 - self.g(y1)
+        with record.g_state.replay():
+            x2 = y2 - _scale(self.g(y1), record.keep_mask)
+        with record.f_state.replay():
+            x1 = y1 - _scale(self.f(x2), record.keep_mask)
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,
-                      f_state: ForwardState, g_state: ForwardState
-                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Grads]:
+                      record: BlockRecord) -> Tuple[Tensor, Tensor, Tensor, Tensor, Grads]:
         """From outputs and their gradients, return the inputs, their gradients and
         the gradients of :meth:`trainable_parameters`."""
-        g_y1, dy1_through_g, g_grads = _recompute_vjp(self.g, y1, dy2, g_state,
-                                                      self.g_chunks)
-        x2 = y2 - g_y1
+        mask = record.keep_mask
+        g_y1, dy1_through_g, g_grads = _recompute_vjp(
+            self.g, y1, _scale(dy2, mask), record.g_state, self.g_chunks)
+        x2 = y2 - _scale(g_y1, mask)
         dx1 = dy1 + dy1_through_g
-        f_x2, dx2_through_f, f_grads = _recompute_vjp(self.f, x2, dx1, f_state)
-        x1 = y1 - f_x2
+        f_x2, dx2_through_f, f_grads = _recompute_vjp(
+            self.f, x2, _scale(dx1, mask), record.f_state)
+        x1 = y1 - _scale(f_x2, mask)
         dx2 = dy2 + dx2_through_f
         return x1, x2, dx1, dx2, f_grads + g_grads

@@ -32,7 +32,7 @@ def reconstruction_errors(sequence: ReversibleSequence, x1: Tensor,
         for block in sequence:
             y1, y2 = block(y1, y2, states)
     for i in reversed(range(len(sequence))):
-        y1, y2 = sequence[i].inverse(y1, y2, states[2 * i], states[2 * i + 1])
+        y1, y2 = sequence[i].inverse(y1, y2, states[i])
     # torch's max propagates NaN (Python's max would not)
     abs_err = torch.stack([(y1 - x1).abs().max(), (y2 - x2).abs().max()]).max().item()
     scale = max(x1.abs().max().item(), x2.abs().max().item())

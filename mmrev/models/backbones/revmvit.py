@@ -25,6 +25,7 @@ from numbers import Number
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from mmcv.cnn.bricks import DropPath
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
@@ -40,7 +41,6 @@ from ..layers import (
     grid_pos_embed,
     resize_pos_embed_hook,
 )
-from .revvit import drop_path_or_identity
 
 
 def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
@@ -53,18 +53,17 @@ def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
 def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                    pool_kernel: int, stride_kv: int, drop_path_rate: float,
                    norm_cfg: dict) -> ReversibleBlock:
-    """``Y1 = X1 + DropPath(PoolAttn(LN(X2)))``, ``Y2 = X2 + DropPath(MLP(LN(Y1)))``;
-    k and v pooled with ``stride_kv``, q not pooled (the grid is kept)."""
+    """``Y1 = X1 + D * PoolAttn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
+    block's stochastic depth (one mask for both branches, as SlowFast); k and v pooled
+    with ``stride_kv``, q not pooled (the grid is kept)."""
     f = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
         attn=PoolingAttention(channels, channels, num_heads, qkv_bias, pool_kernel,
-                              stride_kv=stride_kv, norm_cfg=norm_cfg),
-        drop_path=drop_path_or_identity(drop_path_rate)))
+                              stride_kv=stride_kv, norm_cfg=norm_cfg)))
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
-        mlp=Mlp(channels, int(channels * mlp_ratio)),
-        drop_path=drop_path_or_identity(drop_path_rate)))
-    return ReversibleBlock(f, g)
+        mlp=Mlp(channels, int(channels * mlp_ratio))))
+    return ReversibleBlock(f, g, drop_path_rate)
 
 
 class StageTransition(nn.Module):
@@ -112,7 +111,7 @@ class StageTransition(nn.Module):
         self.g = nn.Sequential(OrderedDict(
             norm=build_norm_layer(norm_cfg, out_channels),
             mlp=Mlp(out_channels, int(out_channels * mlp_ratio))))
-        self.drop_path = drop_path_or_identity(drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre_q_fuse(x)

@@ -3,7 +3,6 @@ from collections import OrderedDict
 from typing import Sequence, Tuple, Union
 
 import torch
-from mmcv.cnn.bricks import DropPath
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
@@ -14,23 +13,18 @@ from mmrev.reversible import ReversibleBlock, ReversibleSequence
 from ..layers import Attention, Mlp, PatchEmbed, grid_pos_embed, resize_pos_embed_hook
 
 
-def drop_path_or_identity(rate: float) -> nn.Module:
-    return DropPath(rate) if rate > 0 else nn.Identity()
-
-
 def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
                   drop_rate: float, drop_path_rate: float, qkv_bias: bool,
                   norm_cfg: dict, mlp_chunks: int) -> ReversibleBlock:
-    """``Y1 = X1 + DropPath(Attn(LN(X2)))``, ``Y2 = X2 + DropPath(MLP(LN(Y1)))``."""
+    """``Y1 = X1 + D * Attn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
+    block's stochastic depth."""
     f = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, embed_dims),
-        attn=Attention(embed_dims, num_heads, qkv_bias, proj_drop=drop_rate),
-        drop_path=drop_path_or_identity(drop_path_rate)))
+        attn=Attention(embed_dims, num_heads, qkv_bias, proj_drop=drop_rate)))
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, embed_dims),
-        mlp=Mlp(embed_dims, feedforward_channels, drop=drop_rate),
-        drop_path=drop_path_or_identity(drop_path_rate)))
-    return ReversibleBlock(f, g, g_chunks=mlp_chunks)
+        mlp=Mlp(embed_dims, feedforward_channels, drop=drop_rate)))
+    return ReversibleBlock(f, g, drop_path_rate, mlp_chunks)
 
 
 @MODELS.register_module()

@@ -21,10 +21,10 @@ from mmrev.converters import (
     convert_slowfast_file,
     convert_state_dict,
     detect_model_kind,
+    head_channels,
     spec_from_slowfast_cfg,
     spec_from_state_dict,
 )
-from mmrev.converters.slowfast_config import head_channels
 from mmrev.models import RevMViT
 
 FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
@@ -89,15 +89,29 @@ def test_cli_writes_what_the_api_writes(name, tmp_path):
     assert from_cli['meta']['model'] == from_api['meta']['model']
 
 
+def slowfast_eval_transform(crop_size: int, mean, std):
+    """SlowFast's ImageNet evaluation transform (torchvision, on PIL images)."""
+    from torchvision import transforms as T
+    return T.Compose([
+        T.Resize(int(crop_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(crop_size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def random_image(path: Path, height: int, width: int, seed: int = 0) -> str:
+    from PIL import Image
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed))
+    Image.fromarray(pixels.numpy()).save(path)
+    return str(path)
+
+
 @pytest.mark.parametrize('crop_size', [32, 224])
 def test_written_pipeline_preprocesses_as_slowfast_eval(crop_size, tmp_path):
-    """Written test pipeline and data preprocessor vs SlowFast's ImageNet evaluation
-    transform (torchvision on PIL images)."""
+    """Written test pipeline and data preprocessor vs SlowFast's evaluation transform."""
     from mmengine import Config
     from mmengine.dataset import Compose
     from mmpretrain.registry import TRANSFORMS
     from PIL import Image
-    from torchvision import transforms as T
     spec = ModelSpec(backbone=dict(type='mmrev.RevViT', arch='small'), num_classes=10,
                      head_channels=768, crop_size=crop_size)
     cfg = Config.fromstring(config_text(spec, 'test'), '.py')
@@ -105,19 +119,29 @@ def test_written_pipeline_preprocesses_as_slowfast_eval(crop_size, tmp_path):
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         preprocessor = MODELS.build(dict(type='ClsDataPreprocessor',
                                          **cfg.data_preprocessor))
-    slowfast_eval = T.Compose([
-        T.Resize(int(crop_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
-    generator = torch.Generator().manual_seed(0)
+    slowfast_eval = slowfast_eval_transform(crop_size, spec.mean, spec.std)
     for height, width in [(375, 500), (41, 77), (300, 299)]:
-        path = tmp_path / f'{height}x{width}.png'
-        Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
-                                      generator=generator).numpy()).save(path)
-        data = pipeline(dict(img_path=str(path)))
+        path = random_image(tmp_path / f'{height}x{width}.png', height, width)
+        data = pipeline(dict(img_path=path))
         ours = preprocessor(dict(inputs=[data['inputs']],
                                  data_samples=[data['data_samples']]))['inputs'][0]
         expected = slowfast_eval(Image.open(path).convert('RGB'))
         assert torch.allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_inferencer_runs_a_converted_model_without_writing_a_config(tmp_path):
+    from mmpretrain import ImageClassificationInferencer
+    from PIL import Image
+    result = convert_slowfast_file(FIXTURES / 'revmvit_tiny.pyth', tmp_path / 'revmvit.pth')
+    path = random_image(tmp_path / 'image.png', 90, 70)
+    inferencer = ImageClassificationInferencer(result.config, pretrained=result.checkpoint)
+    scores = inferencer(path)[0]['pred_scores']
+
+    spec = result.spec
+    image = slowfast_eval_transform(spec.crop_size, spec.mean, spec.std)(
+        Image.open(path).convert('RGB'))
+    expected = inferencer.model.predict(image[None])[0].pred_score
+    assert torch.allclose(torch.from_numpy(scores), expected, rtol=0, atol=1e-6)
 
 
 def pretrained_classifier(config_path: str, checkpoint: str, on_backbone: bool):

@@ -17,6 +17,7 @@ from .slowfast_config import (
     ModelSpec,
     classifier_config,
     config_text,
+    head_channels,
     spec_from_slowfast_cfg,
     spec_from_state_dict,
 )
@@ -24,7 +25,7 @@ from .slowfast_config import (
 __all__ = [
     'ConversionResult', 'ModelSpec', 'SlowFastConversionError', 'check_weights_fit',
     'classifier_config', 'config_text', 'convert_if_slowfast', 'convert_slowfast_checkpoint',
-    'convert_slowfast_file', 'convert_state_dict', 'detect_model_kind',
+    'convert_slowfast_file', 'convert_state_dict', 'detect_model_kind', 'head_channels',
     'is_slowfast_checkpoint', 'read_checkpoint', 'slowfast_state_dict',
     'spec_from_slowfast_cfg', 'spec_from_state_dict'
 ]

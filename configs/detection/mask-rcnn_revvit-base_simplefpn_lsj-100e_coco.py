@@ -2,10 +2,11 @@
 # RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64.
 _base_ = './_base_/mask-rcnn_lsj-100e_coco.py'
 
-# An ImageNet RevViT-B: an mmrev classification checkpoint, or the official REV_VIT_B.pyth
-# converted with tools/model_converters (keys 'backbone.*'). The 224 position embedding
-# is interpolated to 1024 on load.
-pretrained = 'checkpoints/revvit-base_in1k.pth'
+# An ImageNet RevViT-B: an mmrev classification checkpoint (keys 'backbone.*'), e.g. the
+# official REV_VIT_B.pyth converted by tools/model_converters/slowfast_to_mmrev.py, or
+# the .pyth itself (converted on the fly). The 224 position embedding is interpolated to
+# 1024 on load.
+pretrained = 'checkpoints/revvit-base_slowfast_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,

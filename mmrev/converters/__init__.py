@@ -1,3 +1,4 @@
+from .config_file import classifier_config, config_text
 from .convert_file import (
     ConversionResult,
     check_weights_fit,
@@ -15,8 +16,6 @@ from .slowfast import (
 )
 from .slowfast_config import (
     ModelSpec,
-    classifier_config,
-    config_text,
     head_channels,
     spec_from_slowfast_cfg,
     spec_from_state_dict,

@@ -14,6 +14,7 @@ import torch
 from mmengine.registry import DefaultScope
 from torch import Tensor
 
+from .config_file import classifier_config, config_text
 from .slowfast import (
     SlowFastConversionError,
     convert_slowfast_checkpoint,
@@ -23,8 +24,6 @@ from .slowfast import (
 )
 from .slowfast_config import (
     ModelSpec,
-    classifier_config,
-    config_text,
     spec_from_slowfast_cfg,
     spec_from_state_dict,
 )

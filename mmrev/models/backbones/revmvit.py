@@ -233,7 +233,8 @@ class RevMViT(BaseBackbone):
 
         dim_muls, head_muls, q_strides = (self._per_transition(arch, key, len(transitions))
                                           for key in ('dim_mul', 'head_mul', 'q_stride'))
-        drop_path_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        drop_path_rates = [drop_path_rate * i / max(num_layers - 1, 1)
+                           for i in range(num_layers)]
         bounds = [0] + transitions + [num_layers]
         channels, num_heads = arch['embed_dims'], arch['num_heads']
         stride_kv = arch['kv_stride']

@@ -115,7 +115,8 @@ class RevViT(BaseBackbone):
                                                 with_module=True)
         self.drop_after_pos = nn.Dropout(drop_rate)
 
-        drop_path_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        drop_path_rates = [drop_path_rate * i / max(num_layers - 1, 1)
+                           for i in range(num_layers)]
         self.layers = ReversibleSequence([
             rev_vit_block(self.embed_dims, self.arch_settings['num_heads'],
                           self.arch_settings['feedforward_channels'], drop_rate, rate,

@@ -5,9 +5,12 @@ configs whose default scope is ``mmpretrain`` or ``mmdet``.
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmrev',
                   locations=['mmrev.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmrev',
                  locations=['mmrev.engine'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmrev',
+                          locations=['mmrev.engine'])

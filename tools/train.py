@@ -15,6 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmrev  # noqa: F401  registers the mmrev scope and its checkpoint loading
+from mmrev.engine import amp_optim_wrapper
 
 
 def parse_args():
@@ -57,13 +58,8 @@ def merge_args(cfg: Config, args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
-    if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper',
-                                                                   'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs an OptimWrapper, the config has '
-                             f'{cfg.optim_wrapper.type}: set optim_wrapper.type yourself')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.amp:  # float16 with loss scaling on GPU, bfloat16 on CPU
+        cfg.optim_wrapper = amp_optim_wrapper(cfg.optim_wrapper)
 
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None

@@ -1,6 +1,8 @@
 """Runtime parts of mmrev; importing it makes mmengine load training checkpoints
 with ``weights_only=True`` (see :mod:`mmrev.engine.checkpoint`)."""
+from .amp import BF16OptimWrapper, amp_optim_wrapper
 from .checkpoint import load_checkpoint_file
 from .hooks import ReversibleBackpropHook
 
-__all__ = ['load_checkpoint_file', 'ReversibleBackpropHook']
+__all__ = ['BF16OptimWrapper', 'amp_optim_wrapper', 'load_checkpoint_file',
+           'ReversibleBackpropHook']

@@ -1,0 +1,225 @@
+"""Distributed (DDP, gloo, 2 processes) and mixed-precision (bfloat16 autocast) training
+with reversible backbones, through mmengine's wrappers as the runner uses them.
+
+Every DDP case is trained in one spawn of two processes (process start-up dominates the
+time); each test compares a case with one process training on the concatenated batches.
+Mixed precision: reversible and ordinary backprop under bf16 autocast, measured against
+bf16's own error (ordinary bf16 against float32).
+"""
+import os
+import socket
+from typing import Dict, List, NamedTuple
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mmengine.model import MMDistributedDataParallel
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.registry import DefaultScope
+from mmpretrain.models import ImageClassifier
+from mmpretrain.structures import DataSample
+
+from mmrev.engine.amp import BF16OptimWrapper, amp_optim_wrapper
+from mmrev.testing import relative_error, set_reversible
+
+BACKBONES = {
+    'RevViT': dict(type='mmrev.RevViT', img_size=32, patch_size=8, arch=dict(
+        embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)),
+    'RevMViT': dict(type='mmrev.RevMViT', img_size=32, arch=dict(
+        embed_dims=16, num_layers=3, num_heads=1, transition_layers=(1, ))),
+}
+OUT_CHANNELS = {'RevViT': 32, 'RevMViT': 64}
+WORLD, RANK_BATCH, ITERS, NUM_CLASSES, LR = 2, 2, 4, 4, 0.1
+AMP_STEPS = 6
+
+
+class Case(NamedTuple):
+    backbone: str
+    reversible: bool
+    find_unused_parameters: bool = False
+    accumulative_counts: int = 1
+    wrapper: type = OptimWrapper
+
+    @property
+    def id(self) -> str:
+        return (f'{self.backbone}-{"reversible" if self.reversible else "ordinary"}'
+                f'-find_unused={self.find_unused_parameters}'
+                f'-accumulate={self.accumulative_counts}-{self.wrapper.__name__}')
+
+
+DDP_CASES = [
+    Case(backbone, reversible, find_unused, counts)
+    for backbone in BACKBONES for reversible in (True, False)
+    for find_unused, counts in ((False, 1), (True, 1), (False, 2))
+] + [Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES]
+
+
+def classifier(backbone: str, reversible: bool) -> ImageClassifier:
+    """A tiny classifier, the same in every process (fixed seed)."""
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        backbone=BACKBONES[backbone],
+        head=dict(type='LinearClsHead', num_classes=NUM_CLASSES,
+                  in_channels=OUT_CHANNELS[backbone]))
+    model.init_weights()
+    set_reversible(model, reversible)
+    return model
+
+
+def global_batch(index: int) -> Dict[str, torch.Tensor]:
+    """Batch ``index`` of all ranks together (``WORLD * RANK_BATCH`` samples)."""
+    generator = torch.Generator().manual_seed(index)
+    return dict(inputs=torch.randn(WORLD * RANK_BATCH, 3, 32, 32, generator=generator),
+                labels=torch.randint(NUM_CLASSES, (WORLD * RANK_BATCH, ),
+                                     generator=generator))
+
+
+def data_batch(inputs: torch.Tensor, labels: torch.Tensor) -> dict:
+    return dict(inputs=inputs,
+                data_samples=[DataSample().set_gt_label(int(y)) for y in labels])
+
+
+def rank_batch(index: int, rank: int) -> dict:
+    batch = global_batch(index)
+    part = slice(rank * RANK_BATCH, (rank + 1) * RANK_BATCH)
+    return data_batch(batch['inputs'][part], batch['labels'][part])
+
+
+def concatenated_batch(indices: range) -> dict:
+    batches = [global_batch(i) for i in indices]
+    return data_batch(*(torch.cat([b[key] for b in batches]) for key in ('inputs', 'labels')))
+
+
+def train(model, optim_wrapper: OptimWrapper, batches: List[dict]) -> List[float]:
+    """Run ``train_step`` over ``batches`` as mmengine's train loop does."""
+    optim_wrapper.initialize_count_status(model, 0, len(batches))
+    return [model.train_step(batch, optim_wrapper)['loss'].item() for batch in batches]
+
+
+def make_wrapper(case: Case, model) -> OptimWrapper:
+    return case.wrapper(optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+                        accumulative_counts=case.accumulative_counts)
+
+
+def ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    results = {}
+    for case in DDP_CASES:
+        model = classifier(case.backbone, case.reversible)
+        ddp = MMDistributedDataParallel(  # mmengine's runner defaults, but find_unused
+            model, broadcast_buffers=False,
+            find_unused_parameters=case.find_unused_parameters)
+        losses = train(ddp, make_wrapper(case, model),
+                       [rank_batch(i, rank) for i in range(ITERS)])
+        results[case.id] = dict(params=model.state_dict(), losses=torch.tensor(losses))
+    torch.save(results, os.path.join(out_dir, f'rank{rank}.pth'))
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def ddp_results(tmp_path_factory) -> List[dict]:
+    out_dir = tmp_path_factory.mktemp('ddp')
+    mp.spawn(ddp_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    return [torch.load(out_dir / f'rank{rank}.pth', weights_only=True)
+            for rank in range(WORLD)]
+
+
+def one_process_training(case: Case) -> Dict[str, torch.Tensor]:
+    """Train without DDP, one step per ``accumulative_counts`` global batches."""
+    model = classifier(case.backbone, case.reversible)
+    counts = case.accumulative_counts
+    batches = [concatenated_batch(range(step, step + counts))
+               for step in range(0, ITERS, counts)]
+    train(model, make_wrapper(case._replace(accumulative_counts=1), model), batches)
+    return model.state_dict()
+
+
+def parameter_errors(actual: dict, expected: dict, floor: float = 1e-4) -> Dict[str, float]:
+    """Per tensor, ``max|actual - expected| / max(max|expected|, floor)``. The floor keeps
+    tensors that stay at zero up to rounding (the key norms' biases: softmax ignores a
+    shift shared by all keys, so their exact gradient is 0) from turning rounding into
+    error: below it, tensors are compared absolutely (to ``1e-5 * floor``)."""
+    return {name: (actual[name] - value).abs().max().item()
+            / max(value.abs().max().item(), floor) for name, value in expected.items()}
+
+
+@pytest.mark.parametrize('case', [c for c in DDP_CASES if c.wrapper is OptimWrapper],
+                         ids=lambda case: case.id)
+def test_ddp_matches_one_process_on_concatenated_batches(ddp_results, case):
+    rank0, rank1 = (results[case.id]['params'] for results in ddp_results)
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), f'ranks differ in {name}'
+    expected = one_process_training(case)
+    initial = classifier(case.backbone, case.reversible).state_dict()
+    assert max(parameter_errors(expected, initial).values()) > 1e-2, 'nothing trained'
+    errors = parameter_errors(rank0, expected)
+    assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.parametrize('case', [c for c in DDP_CASES if c.wrapper is BF16OptimWrapper],
+                         ids=lambda case: case.id)
+def test_ddp_with_bf16_autocast_trains_in_step(ddp_results, case):
+    rank0, rank1 = (results[case.id] for results in ddp_results)
+    for name, value in rank0['params'].items():
+        assert torch.equal(value, rank1['params'][name]), f'ranks differ in {name}'
+    for results in (rank0, rank1):
+        assert torch.isfinite(results['losses']).all(), results['losses']
+
+
+def train_on_one_batch(backbone: str, reversible: bool, wrapper: type):
+    """``AMP_STEPS`` SGD steps on one batch; the losses and the parameters' update."""
+    model = classifier(backbone, reversible)
+    initial = torch.cat([p.detach().flatten() for p in model.parameters()])
+    losses = train(model, wrapper(optimizer=torch.optim.SGD(model.parameters(), lr=LR)),
+                   [concatenated_batch(range(1))] * AMP_STEPS)
+    update = torch.cat([p.detach().flatten() for p in model.parameters()]) - initial
+    return torch.tensor(losses), update
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_bf16_autocast_reversible_training_within_bf16_noise(backbone):
+    _, fp32_update = train_on_one_batch(backbone, False, OptimWrapper)
+    ordinary_losses, ordinary_update = train_on_one_batch(backbone, False, BF16OptimWrapper)
+    reversible_losses, reversible_update = train_on_one_batch(backbone, True,
+                                                              BF16OptimWrapper)
+    for losses in (ordinary_losses, reversible_losses):
+        assert torch.isfinite(losses).all() and losses[-1] < losses[0], losses
+    noise = relative_error(ordinary_update, fp32_update)
+    assert noise > 1e-4, 'bf16 autocast changed nothing'
+    # Reversible backprop must add nothing to bf16's own error. A recompute outside the
+    # forward's autocast state, or streams rounded to bf16 (exact inverse lost), make a
+    # gap of the order of the noise itself.
+    gap = relative_error(reversible_update, ordinary_update)
+    assert gap <= 0.01 * noise, dict(gap=gap, noise=noise)
+
+
+def test_amp_picks_bf16_on_cpu_and_loss_scaled_fp16_on_gpu():
+    base = dict(optimizer=dict(type='SGD', lr=0.1), accumulative_counts=2)
+    assert amp_optim_wrapper(base, 'cpu') == dict(base, type='mmrev.BF16OptimWrapper')
+    assert amp_optim_wrapper(base, 'cuda') == dict(base, type='AmpOptimWrapper',
+                                                   loss_scale='dynamic')
+    assert amp_optim_wrapper(dict(base, loss_scale=512.), 'cuda')['loss_scale'] == 512.
+    chosen = dict(base, type='AmpOptimWrapper', dtype='bfloat16')
+    assert amp_optim_wrapper(chosen, 'cuda') is chosen
+    with pytest.raises(ValueError, match='ApexOptimWrapper'):
+        amp_optim_wrapper(dict(base, type='ApexOptimWrapper'), 'cuda')
+
+
+def test_bf16_wrapper_builds_from_an_mmpretrain_config():
+    model = torch.nn.Linear(4, 4)
+    cfg = amp_optim_wrapper(dict(optimizer=dict(type='SGD', lr=0.1)), 'cpu')
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        wrapper = build_optim_wrapper(model, cfg)
+    assert isinstance(wrapper, BF16OptimWrapper)
+    with wrapper.optim_context(model):
+        assert model(torch.randn(2, 4)).dtype == torch.bfloat16
+    assert model(torch.randn(2, 4)).dtype == torch.float32

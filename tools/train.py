@@ -10,6 +10,7 @@ import os.path as osp
 import resource
 
 import torch
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -96,9 +97,24 @@ def peak_memory() -> str:
     return f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.1f} MiB (CPU, RSS)'
 
 
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Distributed training without a GPU (``--launcher pytorch``): mmengine's launcher
+    binds each process to a GPU and its DDP wrapper to a device id, so join the process
+    group over gloo here (the runner keeps it) and wrap the model for CPU."""
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group('gloo')
+    cfg.model_wrapper_cfg = {
+        'type': 'MMDistributedDataParallel', 'broadcast_buffers': False,
+        'find_unused_parameters': cfg.get('find_unused_parameters', False),
+        **(cfg.get('model_wrapper_cfg') or {}), 'device_ids': None}
+
+
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     runner.logger.info(f'Peak training memory: {peak_memory()}')

@@ -8,6 +8,9 @@ bf16's own error (ordinary bf16 against float32).
 """
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Dict, List, NamedTuple
 
 import pytest
@@ -19,6 +22,7 @@ from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import DefaultScope
 from mmpretrain.models import ImageClassifier
 from mmpretrain.structures import DataSample
+from PIL import Image
 
 from mmrev.engine.amp import BF16OptimWrapper, amp_optim_wrapper
 from mmrev.testing import relative_error, set_reversible
@@ -223,3 +227,31 @@ def test_bf16_wrapper_builds_from_an_mmpretrain_config():
     with wrapper.optim_context(model):
         assert model(torch.randn(2, 4)).dtype == torch.bfloat16
     assert model(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_train_tool_under_torchrun_with_amp_on_cpu(tmp_path):
+    """``tools/train.py --launcher pytorch --amp`` on 2 CPU processes (gloo, bf16)."""
+    for label in range(2):  # the digits config's image folders: 2 classes x 8 images
+        folder = tmp_path / 'data' / 'train' / str(label)
+        os.makedirs(folder)
+        for i in range(8):
+            image = torch.randint(256, (32, 32, 3), generator=torch.Generator().manual_seed(i))
+            Image.fromarray(image.to(torch.uint8).numpy()).save(folder / f'{i}.png')
+    repo = Path(__file__).parents[1]
+    command = [
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(WORLD),
+        '--master_port', str(free_port()), str(repo / 'tools' / 'train.py'),
+        str(repo / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'),
+        '--launcher', 'pytorch', '--amp', '--no-validate', '--no-persistent-workers',
+        '--work-dir', str(tmp_path / 'work'), '--cfg-options', 'train_cfg.max_epochs=1',
+        f'train_dataloader.dataset.data_root={tmp_path / "data"}',
+        'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+        'default_hooks.logger.interval=1']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = next((tmp_path / 'work').glob('*/*.log')).read_text()
+    assert "type='mmrev.BF16OptimWrapper'" in log and 'Distributed training: True' in log
+    # 16 images, 2 per process and iteration: 4 iterations when both processes train
+    assert 'Epoch(train) [1][4/4]' in log
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

@@ -177,15 +177,18 @@ def save_classifier(path, backbone, in_channels):
     torch.save(dict(state_dict=classifier.state_dict(), meta=dict()), path)
 
 
-@pytest.fixture(scope='module', params=['revvit', 'revmvit'])
-def tiny(request, coco, tmp_path_factory):
+def make_tiny(name, data_root, folder):
     """(name, tiny config, classification checkpoint its backbone starts from)."""
-    name, folder = request.param, tmp_path_factory.mktemp(request.param)
-    checkpoint = str(folder / f'{name}-tiny_cls.pth')
+    checkpoint = osp.join(folder, f'{name}-tiny_cls.pth')
     neck_in = TINY[name]['neck']['in_channels']
     save_classifier(checkpoint, TINY[name]['backbone'],
                     neck_in if isinstance(neck_in, int) else neck_in[-1])
-    return name, write_tiny_config(str(folder), name, coco, checkpoint), checkpoint
+    return name, write_tiny_config(folder, name, data_root, checkpoint), checkpoint
+
+
+@pytest.fixture(scope='module', params=['revvit', 'revmvit'])
+def tiny(request, coco, tmp_path_factory):
+    return make_tiny(request.param, coco, str(tmp_path_factory.mktemp(request.param)))
 
 
 def build_detector(config):
@@ -348,9 +351,9 @@ def test_train_test_and_inference(tiny, coco, tmp_path):
     assert (boxes >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
 
 
-def test_stock_mmdet_tools_through_custom_imports(tiny, tmp_path):
+def test_stock_mmdet_tools_through_custom_imports(coco, tmp_path):
     """mmdet's own tools/train.py (shipped in its wheel) imports mmrev from the config."""
-    config = tiny[1]
+    _, config, _ = make_tiny('revmvit', coco, str(tmp_path))
     work_dir = str(tmp_path / 'work')
     run_tool('train.py', config, '--work-dir', work_dir, '--cfg-options',
              'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',

@@ -10,15 +10,17 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from mmengine.model import MMDistributedDataParallel
-from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
 from mmengine.registry import DefaultScope
 from mmpretrain.models import ImageClassifier
 from mmpretrain.structures import DataSample
@@ -179,9 +181,10 @@ def test_ddp_with_bf16_autocast_trains_in_step(ddp_results, case):
         assert torch.isfinite(results['losses']).all(), results['losses']
 
 
-def train_on_one_batch(backbone: str, reversible: bool, wrapper: type):
+def train_on_one_batch(backbone: str, reversible: bool, wrapper: Callable,
+                       device: str = 'cpu') -> Tuple[torch.Tensor, torch.Tensor]:
     """``AMP_STEPS`` SGD steps on one batch; the losses and the parameters' update."""
-    model = classifier(backbone, reversible)
+    model = classifier(backbone, reversible).to(device)
     initial = torch.cat([p.detach().flatten() for p in model.parameters()])
     losses = train(model, wrapper(optimizer=torch.optim.SGD(model.parameters(), lr=LR)),
                    [concatenated_batch(range(1))] * AMP_STEPS)
@@ -189,21 +192,62 @@ def train_on_one_batch(backbone: str, reversible: bool, wrapper: type):
     return torch.tensor(losses), update
 
 
-@pytest.mark.parametrize('backbone', BACKBONES)
-def test_bf16_autocast_reversible_training_within_bf16_noise(backbone):
-    _, fp32_update = train_on_one_batch(backbone, False, OptimWrapper)
-    ordinary_losses, ordinary_update = train_on_one_batch(backbone, False, BF16OptimWrapper)
-    reversible_losses, reversible_update = train_on_one_batch(backbone, True,
-                                                              BF16OptimWrapper)
+def check_mixed_precision_training(backbone: str, amp_wrapper: Callable,
+                                   device: str = 'cpu') -> None:
+    """Ordinary and reversible backprop under ``amp_wrapper``: finite, falling losses, and
+    reversible within 1% of the mixed-precision error itself (ordinary amp vs fp32)."""
+    _, fp32_update = train_on_one_batch(backbone, False, OptimWrapper, device)
+    ordinary_losses, ordinary_update = train_on_one_batch(backbone, False, amp_wrapper,
+                                                          device)
+    reversible_losses, reversible_update = train_on_one_batch(backbone, True, amp_wrapper,
+                                                              device)
     for losses in (ordinary_losses, reversible_losses):
         assert torch.isfinite(losses).all() and losses[-1] < losses[0], losses
     noise = relative_error(ordinary_update, fp32_update)
-    assert noise > 1e-4, 'bf16 autocast changed nothing'
-    # Reversible backprop must add nothing to bf16's own error. A recompute outside the
-    # forward's autocast state, or streams rounded to bf16 (exact inverse lost), make a
-    # gap of the order of the noise itself.
+    assert noise > 1e-4, 'mixed precision changed nothing'
+    # Reversible backprop must add nothing to the mixed-precision error. A recompute
+    # outside the forward's autocast state, or streams rounded to half precision (exact
+    # inverse lost), make a gap of the order of the noise itself.
     gap = relative_error(reversible_update, ordinary_update)
     assert gap <= 0.01 * noise, dict(gap=gap, noise=noise)
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_bf16_autocast_reversible_training_within_bf16_noise(backbone):
+    check_mixed_precision_training(backbone, BF16OptimWrapper)
+
+
+class CPULossScaledFP16Wrapper(OptimWrapper):
+    """``AmpOptimWrapper``'s recipe (float16 autocast, dynamic loss scaling, skipped steps
+    on overflow) on CPU, where mmengine's wrapper refuses to run."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_scaler = torch.amp.GradScaler('cpu')
+
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        self.loss_scaler.scale(loss).backward(**kwargs)
+        self._inner_count += 1
+
+    def step(self, **kwargs) -> None:
+        self.loss_scaler.step(self.optimizer, **kwargs)
+        self.loss_scaler.update()
+
+    @contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast('cpu', dtype=torch.float16):
+            yield
+
+
+@pytest.mark.parametrize('device', [
+    'cpu',
+    pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason='needs CUDA'))])
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_fp16_loss_scaled_reversible_training_within_fp16_noise(backbone, device):
+    wrapper = (CPULossScaledFP16Wrapper if device == 'cpu' else
+               partial(AmpOptimWrapper, dtype='float16', loss_scale='dynamic'))
+    check_mixed_precision_training(backbone, wrapper, device)
 
 
 def test_amp_picks_bf16_on_cpu_and_loss_scaled_fp16_on_gpu():

@@ -134,7 +134,7 @@ test_evaluator = val_evaluator
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={iters},
                  val_interval=1000)
 param_scheduler = []
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=3e-4))
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=5e-4))
 default_hooks = dict(logger=dict(interval=1),
                      checkpoint=dict(by_epoch=False, interval={iters}))
 log_processor = dict(by_epoch=False, window_size=1)

@@ -16,6 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmrev  # noqa: F401  registers the mmrev scope and its checkpoint loading
+from mmrev.engine import setup_cpu_distributed
 
 
 def parse_args():
@@ -130,6 +131,7 @@ def dump_metric(cfg: Config, out_file: str):
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out and args.out_item != 'metrics':
         runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))

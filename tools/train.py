@@ -10,13 +10,12 @@ import os.path as osp
 import resource
 
 import torch
-import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmrev  # noqa: F401  registers the mmrev scope and its checkpoint loading
-from mmrev.engine import amp_optim_wrapper
+from mmrev.engine import amp_optim_wrapper, setup_cpu_distributed
 
 
 def parse_args():
@@ -95,20 +94,6 @@ def peak_memory() -> str:
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         return f'{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB (CUDA, allocated)'
     return f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.1f} MiB (CPU, RSS)'
-
-
-def setup_cpu_distributed(cfg: Config) -> None:
-    """Distributed training without a GPU (``--launcher pytorch``): mmengine's launcher
-    binds each process to a GPU and its DDP wrapper to a device id, so join the process
-    group over gloo here (the runner keeps it) and wrap the model for CPU."""
-    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
-        return
-    if not dist.is_initialized():
-        dist.init_process_group('gloo')
-    cfg.model_wrapper_cfg = {
-        'type': 'MMDistributedDataParallel', 'broadcast_buffers': False,
-        'find_unused_parameters': cfg.get('find_unused_parameters', False),
-        **(cfg.get('model_wrapper_cfg') or {}), 'device_ids': None}
 
 
 def main():

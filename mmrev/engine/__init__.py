@@ -2,7 +2,8 @@
 with ``weights_only=True`` (see :mod:`mmrev.engine.checkpoint`)."""
 from .amp import BF16OptimWrapper, amp_optim_wrapper
 from .checkpoint import load_checkpoint_file
+from .distributed import setup_cpu_distributed
 from .hooks import ReversibleBackpropHook
 
 __all__ = ['BF16OptimWrapper', 'amp_optim_wrapper', 'load_checkpoint_file',
-           'ReversibleBackpropHook']
+           'ReversibleBackpropHook', 'setup_cpu_distributed']

@@ -1,4 +1,32 @@
+import os
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+
+MIM_FILES = ('model-index.yml', 'configs')  # read by mmrev.model_index
+
+
+def add_mim_extension():
+    """Copy model-index.yml and configs/ into mmrev/.mim, as OpenMMLab packages do, so
+    that an installed (non-editable) mmrev finds them; a source checkout or an editable
+    install reads them in place."""
+    if {'develop', 'editable_wheel'} & set(sys.argv) or not os.path.isdir('configs'):
+        return  # editable, or built from an sdist that holds mmrev/.mim already
+    mim_dir = os.path.join('mmrev', '.mim')
+    shutil.rmtree(mim_dir, ignore_errors=True)
+    os.makedirs(mim_dir)
+    for name in MIM_FILES:
+        if os.path.isdir(name):
+            shutil.copytree(name, os.path.join(mim_dir, name))
+        else:
+            shutil.copy(name, mim_dir)
+
+
+def mim_package_data():
+    mim_dir = os.path.join('mmrev', '.mim')
+    return [os.path.relpath(os.path.join(folder, name), 'mmrev')
+            for folder, _, names in os.walk(mim_dir) for name in names]
 
 
 def read_version():
@@ -8,6 +36,7 @@ def read_version():
     return scope['__version__']
 
 
+add_mim_extension()
 setup(
     name='mmrev',
     version=read_version(),
@@ -19,6 +48,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['mmrev', 'mmrev.*']),
     include_package_data=True,
+    package_data={'mmrev': mim_package_data()},
     install_requires=[
         'torch>=2.1',
         'torchvision>=0.16',

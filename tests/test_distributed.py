@@ -46,26 +46,29 @@ class Case(NamedTuple):
     find_unused_parameters: bool = False
     accumulative_counts: int = 1
     wrapper: type = OptimWrapper
+    frozen_stages: int = -1
 
     @property
     def id(self) -> str:
         return (f'{self.backbone}-{"reversible" if self.reversible else "ordinary"}'
                 f'-find_unused={self.find_unused_parameters}'
-                f'-accumulate={self.accumulative_counts}-{self.wrapper.__name__}')
+                f'-accumulate={self.accumulative_counts}-{self.wrapper.__name__}'
+                f'-frozen_stages={self.frozen_stages}')
 
 
 DDP_CASES = [
     Case(backbone, reversible, find_unused, counts)
     for backbone in BACKBONES for reversible in (True, False)
     for find_unused, counts in ((False, 1), (True, 1), (False, 2))
-] + [Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES]
+] + [Case(backbone, True, frozen_stages=1) for backbone in BACKBONES
+      ] + [Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES]
 
 
-def classifier(backbone: str, reversible: bool) -> ImageClassifier:
+def classifier(backbone: str, reversible: bool, frozen_stages: int = -1) -> ImageClassifier:
     """A tiny classifier, the same in every process (fixed seed)."""
     torch.manual_seed(0)
     model = ImageClassifier(
-        backbone=BACKBONES[backbone],
+        backbone=dict(BACKBONES[backbone], frozen_stages=frozen_stages),
         head=dict(type='LinearClsHead', num_classes=NUM_CLASSES,
                   in_channels=OUT_CHANNELS[backbone]))
     model.init_weights()
@@ -114,7 +117,7 @@ def ddp_worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     results = {}
     for case in DDP_CASES:
-        model = classifier(case.backbone, case.reversible)
+        model = classifier(case.backbone, case.reversible, case.frozen_stages)
         ddp = MMDistributedDataParallel(  # mmengine's runner defaults, but find_unused
             model, broadcast_buffers=False,
             find_unused_parameters=case.find_unused_parameters)
@@ -141,7 +144,7 @@ def ddp_results(tmp_path_factory) -> List[dict]:
 
 def one_process_training(case: Case) -> Dict[str, torch.Tensor]:
     """Train without DDP, one step per ``accumulative_counts`` global batches."""
-    model = classifier(case.backbone, case.reversible)
+    model = classifier(case.backbone, case.reversible, case.frozen_stages)
     counts = case.accumulative_counts
     batches = [concatenated_batch(range(step, step + counts))
                for step in range(0, ITERS, counts)]
@@ -165,7 +168,7 @@ def test_ddp_matches_one_process_on_concatenated_batches(ddp_results, case):
     for name, value in rank0.items():
         assert torch.equal(value, rank1[name]), f'ranks differ in {name}'
     expected = one_process_training(case)
-    initial = classifier(case.backbone, case.reversible).state_dict()
+    initial = classifier(case.backbone, case.reversible, case.frozen_stages).state_dict()
     assert max(parameter_errors(expected, initial).values()) > 1e-2, 'nothing trained'
     errors = parameter_errors(rank0, expected)
     assert max(errors.values()) <= 1e-5, errors

@@ -1,10 +1,10 @@
-"""Distributed (DDP, gloo, 2 processes) and mixed-precision (bfloat16 autocast) training
-with reversible backbones, through mmengine's wrappers as the runner uses them.
+"""Distributed and mixed-precision training with reversible backbones, through mmengine's
+wrappers as the runner uses them, and ``tools/train.py`` under torchrun.
 
-Every DDP case is trained in one spawn of two processes (process start-up dominates the
+DDP (gloo, 2 processes): every case is trained in one spawn (process start-up dominates the
 time); each test compares a case with one process training on the concatenated batches.
-Mixed precision: reversible and ordinary backprop under bf16 autocast, measured against
-bf16's own error (ordinary bf16 against float32).
+Mixed precision (bf16 autocast; fp16 with loss scaling): reversible against ordinary
+backprop, measured against the mixed-precision error itself (ordinary against float32).
 """
 import os
 import socket
@@ -57,11 +57,12 @@ class Case(NamedTuple):
 
 
 DDP_CASES = [
-    Case(backbone, reversible, find_unused, counts)
-    for backbone in BACKBONES for reversible in (True, False)
-    for find_unused, counts in ((False, 1), (True, 1), (False, 2))
-] + [Case(backbone, True, frozen_stages=1) for backbone in BACKBONES
-      ] + [Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES]
+    *(Case(backbone, reversible, find_unused, counts)
+      for backbone in BACKBONES for reversible in (True, False)
+      for find_unused, counts in ((False, 1), (True, 1), (False, 2))),
+    *(Case(backbone, True, frozen_stages=1) for backbone in BACKBONES),
+    *(Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES),
+]
 
 
 def classifier(backbone: str, reversible: bool, frozen_stages: int = -1) -> ImageClassifier:
@@ -295,7 +296,7 @@ def test_train_tool_under_torchrun_with_amp_on_cpu(tmp_path):
         'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
         'default_hooks.logger.interval=1']
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+                            env=dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES=''))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = next((tmp_path / 'work').glob('*/*.log')).read_text()
     assert "type='mmrev.BF16OptimWrapper'" in log and 'Distributed training: True' in log

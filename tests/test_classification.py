@@ -20,7 +20,7 @@ from mmpretrain.registry import MODELS
 from PIL import Image
 
 import mmrev  # noqa: F401  registers mmrev's models
-from mmrev.converters import convert_slowfast_file
+from mmrev.converters import convert_slowfast_file, spec_from_slowfast_cfg
 from mmrev.model_index import model_index_root, register_models
 
 ROOT = Path(__file__).parents[1]
@@ -206,6 +206,21 @@ def test_get_model_and_inference_model_with_local_checkpoint(tmp_path):
     assert result['pred_label'] == int(expected.argmax())
     assert result['pred_score'] == pytest.approx(float(expected.max()), abs=1e-5)
     np.testing.assert_allclose(result['pred_scores'], expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('fixture,name', [('revvit_tiny', 'revvit-small'),
+                                          ('revmvit_tiny', 'revmvit-base_slowfast_in1k')])
+def test_get_model_converts_slowfast_checkpoint_when_loading(fixture, name):
+    """``pretrained=`` a SlowFast .pyth (as the metafile weights are): the named model,
+    given the fixture's architecture, reproduces SlowFast's logits."""
+    pyth = FIXTURES / f'{fixture}.pyth'
+    spec = spec_from_slowfast_cfg(torch.load(pyth, weights_only=True)['cfg'])
+    model = get_model(name, pretrained=str(pyth), backbone=dict(spec.backbone, _delete_=True),
+                      head=dict(num_classes=spec.num_classes, in_channels=spec.head_channels))
+    io = torch.load(FIXTURES / f'{fixture}_io.pt', weights_only=True)
+    with torch.no_grad():
+        logits = model(io['input'], mode='tensor')
+    torch.testing.assert_close(logits, io['logits'], rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- tools/test.py

@@ -1,0 +1,65 @@
+"""The benchmark tool's logic (not its timings): every case builds and trains, ratios."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOL = Path(__file__).parents[1] / 'tools/analysis_tools/benchmark_memory_speed.py'
+spec = importlib.util.spec_from_file_location('benchmark_memory_speed', TOOL)
+bm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bm)
+
+TINY = dict(arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),
+            patch_size=8)
+
+
+@pytest.mark.parametrize('case', bm.CASES)
+def test_every_case_builds_and_runs_a_training_and_eval_step(case):
+    model = bm.set_mode(bm.build_model(case, TINY, depth=1, img_size=32), True)
+    assert model.training
+    x = bm.make_input(2, 32, 'cpu')
+    bm.train_step(model, x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all(p.grad is not None for p in params)
+    bm.eval_step(bm.set_mode(model, False), x)
+    assert not model.training
+
+
+def test_checkpointed_case_wraps_every_block_and_keeps_reversible_off():
+    model = bm.build_model('mmrev-ckpt', TINY, depth=2, img_size=32)
+    assert not model.reversible
+    assert all(isinstance(b, bm.CheckpointedBlock) for b in model.layers)
+    assert bm.build_model('mmrev-rev', TINY, depth=2, img_size=32).reversible
+
+
+def test_step_memory_reports_extra_over_resting_state():
+    model = bm.set_mode(bm.build_model('mmrev-ordinary', TINY, 2, 32), True)
+    result = bm.step_memory(model, bm.make_input(2, 32, 'cpu'), repeats=1)
+    assert result['extra_mem_mib'] >= 0 and result['rest_mem_mib'] > 0
+
+
+def test_ratios_against_baseline_and_table():
+    rows = bm.add_ratios([
+        dict(depth=2, batch_size=1, img_size=32, case='mmrev-rev', extra_mem_mib=10.,
+             step_s=1.2, eval_img_s=12.),
+        dict(depth=2, batch_size=1, img_size=32, case='mmpretrain-vit', extra_mem_mib=40.,
+             step_s=1., eval_img_s=10.),
+    ], baseline='mmpretrain-vit')
+    assert rows[0]['mem_x_below_baseline'] == 4.
+    assert rows[0]['step_vs_baseline'] == pytest.approx(1.2)
+    assert rows[0]['eval_vs_baseline'] == pytest.approx(1.2)
+    table = bm.format_table(rows)
+    assert '4.0x' in table and 'mmpretrain-vit' in table
+
+
+def test_config_must_hold_a_revvit(tmp_path):
+    config = tmp_path / 'cfg.py'
+    config.write_text("model = dict(backbone=dict(type='mmpretrain.VisionTransformer'))\n")
+    with pytest.raises(ValueError, match='RevViT'):
+        bm.revvit_kwargs('small', str(config))
+    config.write_text("model = dict(backbone=dict(type='mmrev.RevViT', arch='small', "
+                      "drop_path_rate=0.1, init_cfg=dict(type='Pretrained')))\n")
+    kwargs = bm.revvit_kwargs('base', str(config))
+    assert kwargs['arch']['embed_dims'] == 384 and kwargs['drop_path_rate'] == 0.1
+    assert 'init_cfg' not in kwargs and torch.is_tensor(bm.make_input(1, 16, 'cpu'))

@@ -24,7 +24,9 @@ class PatchEmbed(nn.Module):
                                     padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.projection(x).permute(0, 2, 3, 1)
+        # contiguous: a permuted view would carry its strides into every block's outputs,
+        # and each LayerNorm and Linear would copy it first
+        return self.projection(x).permute(0, 2, 3, 1).contiguous()
 
 
 def grid_pos_embed(pos_embed: Tensor, src_grid: Sequence[int],

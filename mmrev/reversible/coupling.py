@@ -124,6 +124,7 @@ class ReversibleBlock(nn.Module):
             self.g, y1, _scale(dy2, mask), record.g_state, self.g_chunks)
         x2 = y2 - _scale(g_y1, mask)
         dx1 = dy1 + dy1_through_g
+        del g_y1, dy1_through_g  # free them before F's rerun, the peak of the backward
         f_x2, dx2_through_f, f_grads = _recompute_vjp(
             self.f, x2, _scale(dx1, mask), record.f_state)
         x1 = y1 - _scale(f_x2, mask)

@@ -271,12 +271,12 @@ def digits_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('data') / 'digits'
     out = run_tool(ROOT / 'tools' / 'dataset_converters' / 'prepare_digits.py',
                    '--out', root)
-    assert '1438 train, 359 test' in out
+    assert '1437 train, 360 test' in out
     return root
 
 
 def test_prepare_digits_layout_and_refusals(digits_root, tmp_path):
-    for split, count in (('train', 1438), ('test', 359)):
+    for split, count in (('train', 1437), ('test', 360)):
         classes = sorted(p.name for p in (digits_root / split).iterdir())
         assert classes == [str(d) for d in range(10)]
         files = list((digits_root / split).glob('*/*.png'))
@@ -287,7 +287,7 @@ def test_prepare_digits_layout_and_refusals(digits_root, tmp_path):
     assert not train & {p.name for p in files}  # disjoint splits
 
     tool = ROOT / 'tools' / 'dataset_converters' / 'prepare_digits.py'
-    assert '1438 train' in run_tool(tool, '--out', digits_root)  # already there: kept
+    assert '1437 train' in run_tool(tool, '--out', digits_root)  # already there: kept
     foreign = tmp_path / 'mine'
     foreign.mkdir()
     (foreign / 'notes.txt').write_text('keep me')

@@ -4,11 +4,12 @@ The 1797 8x8 grey digits that ship with scikit-learn (no download) are upsampled
 ``--size`` pixels (bicubic), made RGB and written as PNGs, one folder per class, in the
 layout of mmpretrain's ``CustomDataset``::
 
-    OUT/train/<digit>/<index>.png    samples 0 .. 1437 in scikit-learn's order
-    OUT/test/<digit>/<index>.png     samples 1438 .. 1796 (the last 20 %)
+    OUT/train/<digit>/<index>.png    1437 images
+    OUT/test/<digit>/<index>.png     360 images (20 %, stratified by class)
 
-The split is fixed (no randomness): the same files on every machine. The dataset is written
-to a temporary folder and renamed into place, so an interrupted run leaves nothing behind.
+The split is fixed (scikit-learn's ``train_test_split`` with ``random_state=0``): the same
+files on every machine. The dataset is written to a temporary folder and renamed into
+place, so an interrupted run leaves nothing behind.
 
 Usage: python tools/dataset_converters/prepare_digits.py [--out data/digits] [--size 32]
 """
@@ -21,15 +22,17 @@ import tempfile
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-TEST_FRACTION = 0.2
 MANIFEST = 'digits.json'
+SPLIT = 'train_test_split(test_size=0.2, stratify=target, random_state=0)'
 
 
-def digits_split(num_samples: int) -> dict:
-    """Indices of the fixed train/test split: the last 20 % is the test set."""
-    num_train = num_samples - int(round(num_samples * TEST_FRACTION))
-    return dict(train=range(num_train), test=range(num_train, num_samples))
+def digits_split(targets: np.ndarray) -> dict:
+    """Sample indices of the fixed train/test split (:data:`SPLIT`)."""
+    train, test = train_test_split(np.arange(len(targets)), test_size=0.2,
+                                   stratify=targets, random_state=0)
+    return dict(train=sorted(train), test=sorted(test))
 
 
 def write_digits(out_dir: str, size: int = 32) -> dict:
@@ -41,9 +44,9 @@ def write_digits(out_dir: str, size: int = 32) -> dict:
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix='.digits-', dir=parent)
     try:
-        manifest = dict(source='sklearn.datasets.load_digits', size=size,
+        manifest = dict(source='sklearn.datasets.load_digits', split=SPLIT, size=size,
                         splits={})
-        for split, indices in digits_split(len(images)).items():
+        for split, indices in digits_split(digits.target).items():
             for index in indices:
                 label = str(digits.target[index])
                 class_dir = os.path.join(tmp_dir, split, label)
@@ -69,9 +72,10 @@ def prepare_digits(out_dir: str, size: int = 32) -> dict:
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
-        if manifest.get('size') != size:
+        if (manifest.get('size'), manifest.get('split')) != (size, SPLIT):
             raise FileExistsError(
-                f'{out_dir} holds the digits at {manifest.get("size")} px, not {size} px: '
+                f'{out_dir} holds the digits at {manifest.get("size")} px, split by '
+                f'{manifest.get("split")}, not at {size} px split by {SPLIT}: '
                 f'pass another --out or remove {out_dir}')
         return manifest
     if os.path.exists(out_dir):

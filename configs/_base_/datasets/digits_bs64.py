@@ -1,5 +1,6 @@
 # scikit-learn's handwritten digits as image folders (tools/dataset_converters/
-# prepare_digits.py writes data/digits): 1438 train / 359 test images, 32x32, 10 classes.
+# prepare_digits.py writes data/digits): 1437 train / 360 test images (a stratified split),
+# 32x32, 10 classes.
 dataset_type = 'CustomDataset'
 data_root = 'data/digits'
 data_preprocessor = dict(

@@ -110,6 +110,9 @@ def merge_args(cfg: Config, args) -> Config:
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
+        if (args.show or args.show_dir) and not is_detection(cfg):
+            raise ValueError('--tta cannot be combined with --show/--show-dir: '
+                             'mmpretrain\'s VisualizationHook draws single views only')
         enable_tta(cfg)
     if args.no_pin_memory:
         cfg.test_dataloader.pin_memory = False

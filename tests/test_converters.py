@@ -27,7 +27,9 @@ from mmrev.converters import (
 )
 from mmrev.models import RevMViT
 
-FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
+from conftest import SLOWFAST_FIXTURES
+
+FIXTURES = SLOWFAST_FIXTURES
 CLI = Path(__file__).parents[1] / 'tools' / 'model_converters' / 'slowfast_to_mmrev.py'
 TINY_MODELS = ['revvit_tiny', 'revmvit_tiny']
 

@@ -2,7 +2,6 @@
 COCO-format dataset made here, and reversible gradients checked inside the detector."""
 import glob
 import json
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -24,11 +23,13 @@ from mmrev.converters import convert_slowfast_checkpoint, spec_from_slowfast_cfg
 from mmrev.models import RevMViT, RevViT, SimpleFPN, grid_pos_embed
 from mmrev.testing import gradient_errors, reversible_sequences, set_reversible
 
+from conftest import SLOWFAST_FIXTURES
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'detection')
 CLASSES = ('rectangle', 'ellipse')
 IMAGE_SIZES = [(56, 90), (72, 60), (64, 80), (50, 70)]  # (h, w): padded to 32 in batches
-FIXTURES = os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast')
+FIXTURES = str(SLOWFAST_FIXTURES)
 
 # Per backbone: the full-size config the tiny one inherits from, the tiny backbone (its
 # classifier made at 32x32, the detector's at 64x64) and the tiny neck.

@@ -1,5 +1,4 @@
 import json
-import os
 import re
 
 import pytest
@@ -10,8 +9,9 @@ from mmrev.models import RevMViT
 from mmrev.models.backbones.revmvit import StageTransition
 from mmrev.testing import backprop_gradients, gradient_errors, relative_error
 
-MANIFEST = os.path.join(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'),
-                        'REV_MVIT_B_16_CONV_keys.txt')
+from conftest import SLOWFAST_FIXTURES
+
+MANIFEST = SLOWFAST_FIXTURES / 'REV_MVIT_B_16_CONV_keys.txt'
 FUSIONS = ['concat_linear_2', 'concat_linear_0.5', 'concat', 'avg', 'max', 'min', 'add']
 
 

@@ -26,7 +26,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmcv.cnn.bricks import DropPath
-from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
 
@@ -41,6 +40,7 @@ from ..layers import (
     grid_pos_embed,
     resize_pos_embed_hook,
 )
+from .base import ReversibleBackbone
 
 
 def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
@@ -140,7 +140,7 @@ class RevMViTStage(nn.Module):
 
 
 @MODELS.register_module()
-class RevMViT(BaseBackbone):
+class RevMViT(ReversibleBackbone):
     """Reversible Multiscale Vision Transformer, as the official SlowFast ``MVIT.REV``.
 
     Stage 0 is a reversible stack on the patch tokens; each later stage starts with a
@@ -308,40 +308,11 @@ class RevMViT(BaseBackbone):
                              f'{num_stages - 1}], got {out_scales!r}')
         return tuple(sorted({s % num_stages for s in out_scales}))
 
-    @property
-    def reversible(self) -> bool:
-        return self.stages[0].blocks.reversible
-
-    @reversible.setter
-    def reversible(self, value: bool) -> None:
-        for stage in self.stages:
-            stage.blocks.reversible = value
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not (isinstance(self.init_cfg, dict)
-                and self.init_cfg['type'] == 'Pretrained'):
-            nn.init.trunc_normal_(self.pos_embed, std=.02)
-
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
             return []
         return [self.patch_embed, *self.stages[:self.frozen_stages]] + [
             getattr(self, f'norm{s}') for s in self.out_scales if s < self.frozen_stages]
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            self.pos_embed.requires_grad = False
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'RevMViT':
-        super().train(mode)
-        for module in self._frozen_modules():
-            module.eval()
-        return self
 
     def embed(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""

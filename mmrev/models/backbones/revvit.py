@@ -3,7 +3,6 @@ from collections import OrderedDict
 from typing import Sequence, Tuple, Union
 
 import torch
-from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
 
@@ -11,6 +10,7 @@ from mmrev.registry import MODELS
 from mmrev.reversible import ReversibleBlock, ReversibleSequence
 
 from ..layers import Attention, Mlp, PatchEmbed, grid_pos_embed, resize_pos_embed_hook
+from .base import ReversibleBackbone
 
 
 def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
@@ -28,7 +28,7 @@ def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
 
 
 @MODELS.register_module()
-class RevViT(BaseBackbone):
+class RevViT(ReversibleBackbone):
     """Reversible Vision Transformer, as the official SlowFast ``MVIT.REV`` ViT.
 
     Both streams start as copies of the embedded patches; each block computes
@@ -140,20 +140,6 @@ class RevViT(BaseBackbone):
                              f'{sorted(keys)}, got {arch!r}')
         return arch
 
-    @property
-    def reversible(self) -> bool:
-        return self.layers.reversible
-
-    @reversible.setter
-    def reversible(self, value: bool) -> None:
-        self.layers.reversible = value
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not (isinstance(self.init_cfg, dict)
-                and self.init_cfg['type'] == 'Pretrained'):
-            nn.init.trunc_normal_(self.pos_embed, std=.02)
-
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
             return []
@@ -162,20 +148,6 @@ class RevViT(BaseBackbone):
         if self.frozen_stages == len(self.layers):
             modules.append(self.norm)
         return modules
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            self.pos_embed.requires_grad = False
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'RevViT':
-        super().train(mode)
-        for module in self._frozen_modules():
-            module.eval()
-        return self
 
     def embed(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""

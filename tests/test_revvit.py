@@ -4,7 +4,12 @@ from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmrev.models import RevViT
-from mmrev.testing import backprop_gradients, gradient_errors, relative_error
+from mmrev.testing import (
+    autocast_gradient_errors,
+    backprop_gradients,
+    gradient_errors,
+    saved_tensor_bytes,
+)
 
 TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
 
@@ -97,43 +102,14 @@ def test_frozen_stages_still_train_reversible_layers(frozen_stages):
 def test_bf16_autocast_backward_outside_context():
     torch.manual_seed(0)
     model = tiny(drop_path_rate=0.1).train()
-    x = torch.randn(2, 3, 32, 32)
-
-    def run(reversible, autocast):
-        model.reversible = reversible
-        model.zero_grad(set_to_none=True)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
-                out = model(x)[0]
-            out.float().pow(2).sum().backward()  # outside autocast, as AmpOptimWrapper
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    fp32 = run(False, False)
-    ordinary, reversible = run(False, True), run(True, True)
-    for name in fp32:
-        amp_noise = relative_error(ordinary[name], fp32[name])
-        assert relative_error(reversible[name], ordinary[name]) <= amp_noise, name
-
-
-def saved_bytes(model, x):
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)[0]
-    out.sum().backward()
-    return total
+    error, amp_noise = autocast_gradient_errors(model, torch.randn(2, 3, 32, 32))
+    assert error <= amp_noise
 
 
 def test_activation_memory_constant_in_depth():
     x = torch.randn(2, 3, 32, 32)
     for reversible in (True, False):
-        shallow, deep = (saved_bytes(tiny(d, reversible=reversible).train(), x)
+        shallow, deep = (saved_tensor_bytes(tiny(d, reversible=reversible).train(), x)
                          for d in (2, 8))
         if reversible:
             assert shallow == deep

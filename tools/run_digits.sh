@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/revvit/revvit-tiny_1xb64_digits.py}
+# one compute thread: the data loader's worker takes the second core (and two threads
+# slow down badly on a machine that is busy with anything else)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORK_DIR=work_dirs/$(basename "$CONFIG" .py)
 
 bash tools/setup_env.sh
@@ -16,5 +19,6 @@ CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
 .venv/bin/python tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR" \
   --out "$WORK_DIR/test_metrics.json" --out-item metrics
 echo "Checkpoint: $CHECKPOINT"
-echo "Test accuracy: $(.venv/bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['accuracy/top1'])" "$WORK_DIR/test_metrics.json") %"
+ACCURACY=$(.venv/bin/python -c "import json, sys; print('%.2f' % json.load(open(sys.argv[1]))['accuracy/top1'])" "$WORK_DIR/test_metrics.json")
+echo "Test accuracy: $ACCURACY %"
 grep -o 'Peak training memory: .*' "$WORK_DIR/train.log" | tail -1

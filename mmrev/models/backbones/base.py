@@ -14,6 +14,16 @@ class ReversibleBackbone(BaseBackbone):
     freezes in :meth:`_frozen_modules` (besides ``pos_embed``, frozen from stage 0 on).
     """
 
+    arch_zoo: dict = {}
+
+    @classmethod
+    def _zoo_arch(cls, name: str) -> dict:
+        """The settings of the arch zoo's ``name`` (case-insensitive)."""
+        if name.lower() not in cls.arch_zoo:
+            raise ValueError(f'Unknown {cls.__name__} arch {name!r}; choose one of '
+                             f'{sorted(set(cls.arch_zoo))} or pass a dict')
+        return cls.arch_zoo[name.lower()]
+
     @property
     def reversible(self) -> bool:
         """Whether the reversible stacks use reversible backprop in training."""

@@ -269,10 +269,7 @@ class RevMViT(ReversibleBackbone):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'Unknown RevMViT arch {arch!r}; choose one of '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
-            return cls.arch_zoo[arch.lower()]
+            return cls._zoo_arch(arch)
         allowed = set(cls.arch_zoo['base'])
         if (not isinstance(arch, dict) or not set(cls.REQUIRED_ARCH_KEYS) <= set(arch)
                 or not set(arch) <= allowed):

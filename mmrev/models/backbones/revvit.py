@@ -130,10 +130,7 @@ class RevViT(ReversibleBackbone):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'Unknown RevViT arch {arch!r}; choose one of '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
-            return cls.arch_zoo[arch.lower()]
+            return cls._zoo_arch(arch)
         keys = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
         if not isinstance(arch, dict) or set(arch) != keys:
             raise ValueError(f'A custom arch must be a dict with exactly the keys '

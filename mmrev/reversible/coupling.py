@@ -1,4 +1,5 @@
 """The reversible block: additive coupling of two streams, and its inverse."""
+from contextlib import nullcontext
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -107,12 +108,11 @@ class ReversibleBlock(nn.Module):
                 record: Optional[BlockRecord] = None) -> Streams:
         """Recompute the inputs from the outputs, replaying the forward's ``record``
         (which a training-mode forward with randomness needs)."""
-        if record is None:
-            return y1 - self.f(y2 - self.g(y1)), y2 - self.g(y1)
-        with record.g_state.replay():
-            x2 = y2 - _scale(self.g(y1), record.keep_mask)
-        with record.f_state.replay():
-            x1 = y1 - _scale(self.f(x2), record.keep_mask)
+        mask = record.keep_mask if record else None
+        with record.g_state.replay() if record else nullcontext():
+            x2 = y2 - _scale(self.g(y1), mask)
+        with record.f_state.replay() if record else nullcontext():
+            x1 = y1 - _scale(self.f(x2), mask)
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,

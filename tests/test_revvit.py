@@ -4,6 +4,7 @@ from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmrev.models import RevViT
+from mmrev.models.layers import Mlp
 from mmrev.testing import (
     autocast_gradient_errors,
     backprop_gradients,
@@ -26,6 +27,15 @@ def assert_same_gradients(model, x, seed=0, tol=1e-5):
     errors = gradient_errors(actual, expected)
     assert max(errors.values()) <= tol, errors
     return actual
+
+
+def test_mlp_in_place_activation_without_graph_keeps_input_and_output():
+    mlp, x = Mlp(8, 16), torch.randn(3, 8)
+    expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+    with torch.no_grad():
+        x_before = x.clone()
+        assert torch.allclose(mlp(x), expected) and torch.equal(x, x_before)
+    assert torch.allclose(mlp(x.requires_grad_()), expected)
 
 
 @pytest.mark.parametrize('depth', [1, 4, 12])

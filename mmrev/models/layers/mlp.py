@@ -1,6 +1,8 @@
 """The transformer MLP: Linear, GELU, Linear, with optional dropout."""
 from typing import Optional
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -19,9 +21,12 @@ class Mlp(nn.Module):
                  out_channels: Optional[int] = None, drop: float = 0.):
         super().__init__()
         self.fc1 = nn.Linear(in_channels, hidden_channels)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_channels, out_channels or in_channels)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        hidden = self.fc1(x)
+        # With no graph to record (eval, the reversible forward), GELU overwrites fc1's
+        # fresh output: one hidden-sized buffer less to allocate and fill.
+        hidden = F.gelu(hidden) if hidden.requires_grad else torch.ops.aten.gelu_(hidden)
+        return self.drop(self.fc2(self.drop(hidden)))

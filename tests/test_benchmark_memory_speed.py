@@ -53,6 +53,28 @@ def test_ratios_against_baseline_and_table():
     assert '4.0x' in table and 'mmpretrain-vit' in table
 
 
+def test_targets_show_met_and_by_how_much_missed():
+    def row(case, depth, mem, step, eval_img_s=None):
+        return dict(depth=depth, batch_size=8, img_size=224, case=case, extra_mem_mib=mem,
+                    step_s=step, eval_img_s=eval_img_s)
+    rows = [row('mmrev-rev', 12, 40., 1.3, 10.5), row('mmrev-rev', 24, 44., 2.6, 5.),
+            row('mmpretrain-revvit', 24, 60., 2.8), row('mmpretrain-vit', 12, 450., 1., 10.),
+            row('mmpretrain-vit', 24, 900., 2., 5.)]
+    checks = {(c['target'], c['depth']): c for c in bm.targets_in(rows, 384, 'cpu')}
+    assert checks['mmrev-rev extra MiB <= 55', '24']['met']
+    assert checks['memory: mmpretrain-revvit / mmrev-rev >= 1.25', '24']['met']
+    flat = checks['memory: deepest / shallowest <= 1.05', '24/12']
+    assert not flat['met'] and flat['shortfall'] == pytest.approx(1.1 / 1.05 - 1)
+    step = checks['step: mmrev-rev / mmpretrain-vit <= 1.25', '24']
+    assert not step['met'] and step['shortfall'] == pytest.approx(1.3 / 1.25 - 1)
+    assert checks['eval: mmrev-rev / mmpretrain-vit >= 1.05', '12']['met']
+    eval_24 = checks['eval: mmrev-rev / mmpretrain-vit >= 1.05', '24']
+    assert not eval_24['met'] and eval_24['shortfall'] == pytest.approx(1 - 1 / 1.05)
+    assert ('step: mmpretrain-revvit / mmrev-rev >= 1.05', '12') not in checks  # not run
+    assert 'MISSED by 4.0%' in bm.format_targets(list(checks.values()))
+    assert bm.targets_in(rows, 768, 'cpu') == [] and bm.targets_in(rows, 384, 'cuda') == []
+
+
 def test_config_must_hold_a_revvit(tmp_path):
     config = tmp_path / 'cfg.py'
     config.write_text("model = dict(backbone=dict(type='mmpretrain.VisionTransformer'))\n")

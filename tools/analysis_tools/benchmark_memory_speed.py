@@ -20,6 +20,9 @@ to the system and resident memory tracks live tensors.
 Time: median training step and eval (no_grad forward) time after warm-up, the cases
 alternated in one process; ratios are against ``--baseline`` measured in the same run.
 
+At RevViT-S width, 224x224, batch 8 on CPU it also checks issue 10's targets and shows by
+how much each missed one is missed.
+
 Example (the README's table)::
 
     python tools/analysis_tools/benchmark_memory_speed.py --arch small \\
@@ -236,6 +239,69 @@ def add_ratios(rows: List[dict], baseline: str) -> List[dict]:
     return rows
 
 
+# Issue 10's targets, defined for RevViT-S width (384) at 224x224, batch 8, on CPU.
+TARGET_SETTING = dict(embed_dims=384, batch_size=8, img_size=224, device='cpu')
+
+
+def check_targets(rows: List[dict]) -> List[dict]:
+    """Issue 10's targets over the rows of one setting: value, limit, met or by how much
+    missed. Targets whose cases or depths did not run are left out."""
+    at = {(r['case'], r['depth']): r for r in rows}
+    depths = sorted({r['depth'] for r in rows})
+    rev, vit, mmpretrain_rev = 'mmrev-rev', 'mmpretrain-vit', 'mmpretrain-revvit'
+
+    def get(case: str, key: str, depth: int):
+        return at.get((case, depth), {}).get(key)
+
+    def ratio(numerator, denominator):
+        return numerator / denominator if numerator and denominator else None
+
+    checks = []
+
+    def check(name: str, depth: str, value, op: str, limit: float) -> None:
+        if value is None:
+            return
+        shortfall = value / limit - 1 if op == '<=' else 1 - value / limit
+        checks.append(dict(target=f'{name} {op} {limit:g}', depth=depth, value=value,
+                           met=shortfall <= 0, shortfall=max(shortfall, 0.)))
+
+    mem = 'extra_mem_mib'
+    check('mmrev-rev extra MiB', '24', get(rev, mem, 24), '<=', 55)
+    check('memory: mmpretrain-revvit / mmrev-rev', '24',
+          ratio(get(mmpretrain_rev, mem, 24), get(rev, mem, 24)), '>=', 1.25)
+    check('memory: mmpretrain-vit / mmrev-rev', '24',
+          ratio(get(vit, mem, 24), get(rev, mem, 24)), '>=', 16)
+    if len(depths) > 1:
+        check('memory: deepest / shallowest', f'{depths[-1]}/{depths[0]}',
+              ratio(get(rev, mem, depths[-1]), get(rev, mem, depths[0])), '<=', 1.05)
+    for depth in depths:
+        check('step: mmrev-rev / mmpretrain-vit', str(depth),
+              ratio(get(rev, 'step_s', depth), get(vit, 'step_s', depth)), '<=', 1.25)
+        check('step: mmpretrain-revvit / mmrev-rev', str(depth),
+              ratio(get(mmpretrain_rev, 'step_s', depth), get(rev, 'step_s', depth)), '>=',
+              1.05)
+        check('eval: mmrev-rev / mmpretrain-vit', str(depth),
+              ratio(get(rev, 'eval_img_s', depth), get(vit, 'eval_img_s', depth)), '>=',
+              1.05)
+    return checks
+
+
+def targets_in(rows: List[dict], embed_dims: int, device: str) -> List[dict]:
+    """:func:`check_targets` for the rows of :data:`TARGET_SETTING` (none elsewhere)."""
+    if (embed_dims, device) != (TARGET_SETTING['embed_dims'], TARGET_SETTING['device']):
+        return []
+    return check_targets([r for r in rows if r['batch_size'] == TARGET_SETTING['batch_size']
+                          and r['img_size'] == TARGET_SETTING['img_size']])
+
+
+def format_targets(checks: List[dict]) -> str:
+    lines = [f"{c['target']:<45} depth {c['depth']:>5}  {c['value']:8.2f}  "
+             + ('met' if c['met'] else f"MISSED by {100 * c['shortfall']:.1f}%")
+             for c in checks]
+    setting = ', '.join(f'{k}={v}' for k, v in TARGET_SETTING.items())
+    return '\n'.join([f'Issue 10 targets ({setting}):', *lines])
+
+
 COLUMNS = (('depth', 'depth', '{:d}'), ('batch_size', 'batch', '{:d}'),
            ('img_size', 'img', '{:d}'), ('case', 'case', '{}'),
            ('extra_mem_mib', 'extra MiB', '{:.0f}'),
@@ -313,6 +379,9 @@ def main(argv=None):
     load_before = os.getloadavg()
     rows = benchmark(args, kwargs)
     print(format_table(rows))
+    targets = targets_in(rows, kwargs['arch']['embed_dims'], args.device)
+    if targets:
+        print(format_targets(targets))
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, 'benchmark_memory_speed')
     meta = dict(command=' '.join(['python', *sys.argv]), device=args.device,
@@ -321,7 +390,7 @@ def main(argv=None):
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),
                 arch=kwargs['arch'])
     with open(stem + '.json', 'w') as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        json.dump(dict(meta=meta, rows=rows, targets=targets), f, indent=1)
     with open(stem + '.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, [key for key, _, _ in COLUMNS] + ['rest_mem_mib'])
         writer.writeheader()

@@ -75,6 +75,18 @@ def test_targets_show_met_and_by_how_much_missed():
     assert bm.targets_in(rows, 768, 'cpu') == [] and bm.targets_in(rows, 384, 'cuda') == []
 
 
+def test_memory_per_image_and_largest_batch_within_budget():
+    rows = [dict(case='mmrev-rev', depth=12, img_size=224, batch_size=b,
+                 extra_mem_mib=10. + 5. * b) for b in (2, 4, 8)]
+    rows.append(dict(case='mmpretrain-vit', depth=12, img_size=224, batch_size=8,
+                     extra_mem_mib=400.))  # one batch size: no fit
+    (fit, ) = bm.per_image_memory(rows, budget_mib=100.)
+    assert fit['case'] == 'mmrev-rev' and fit['max_batch'] == 18
+    assert fit['mib_per_image'] == pytest.approx(5.) and fit['fixed_mib'] == pytest.approx(10.)
+    assert 'max batch' not in bm.format_per_image(bm.per_image_memory(rows))
+    assert 'max batch 18' in bm.format_per_image([fit], 100.)
+
+
 def test_config_must_hold_a_revvit(tmp_path):
     config = tmp_path / 'cfg.py'
     config.write_text("model = dict(backbone=dict(type='mmpretrain.VisionTransformer'))\n")

@@ -20,7 +20,9 @@ to the system and resident memory tracks live tensors.
 Time: median training step and eval (no_grad forward) time after warm-up, the cases
 alternated in one process; ratios are against ``--baseline`` measured in the same run.
 
-At RevViT-S width, 224x224, batch 8 on CPU it also checks issue 10's targets and shows by
+With two or more batch sizes it fits memory per image and, with ``--budget-mib``, the
+largest batch per case within that budget. At RevViT-S width, 224x224, batch 8 on CPU it
+also checks issue 10's targets and shows by
 how much each missed one is missed.
 
 Example (the README's table)::
@@ -239,6 +241,37 @@ def add_ratios(rows: List[dict], baseline: str) -> List[dict]:
     return rows
 
 
+def per_image_memory(rows: List[dict], budget_mib: float = None) -> List[dict]:
+    """Per case, depth and image size run at two or more batch sizes: the least-squares
+    line of extra memory over batch size (MiB per image, fixed MiB) and, with a budget,
+    the largest batch whose extra memory fits in it."""
+    points = {}
+    for row in rows:
+        if 'extra_mem_mib' in row:
+            key = (row['case'], row['depth'], row['img_size'])
+            points.setdefault(key, []).append((row['batch_size'], row['extra_mem_mib']))
+    fits = []
+    for (case, depth, img_size), xy in points.items():
+        if len(xy) < 2:
+            continue
+        slope, intercept = statistics.linear_regression(*zip(*xy))
+        fit = dict(case=case, depth=depth, img_size=img_size, mib_per_image=slope,
+                   fixed_mib=intercept)
+        if budget_mib is not None:
+            fit['max_batch'] = max(int((budget_mib - intercept) // slope), 0)
+        fits.append(fit)
+    return fits
+
+
+def format_per_image(fits: List[dict], budget_mib: float = None) -> str:
+    title = 'Extra training memory per image' + (
+        f', and the largest batch within {budget_mib:g} MiB' if budget_mib else '') + ':'
+    lines = [f"{f['case']:<18} depth {f['depth']:>3} img {f['img_size']:>4}  "
+             f"{f['mib_per_image']:8.1f} MiB/image + {f['fixed_mib']:6.1f} MiB"
+             + (f"  max batch {f['max_batch']}" if 'max_batch' in f else '') for f in fits]
+    return '\n'.join([title, *lines])
+
+
 # Issue 10's targets, defined for RevViT-S width (384) at 224x224, batch 8, on CPU.
 TARGET_SETTING = dict(embed_dims=384, batch_size=8, img_size=224, device='cpu')
 
@@ -364,6 +397,9 @@ def parse_args(argv=None):
                         'on a busy machine; meaningful with --threads 1 on CPU only')
     parser.add_argument('--no-memory', dest='memory', action='store_false')
     parser.add_argument('--no-time', dest='time', action='store_false')
+    parser.add_argument('--budget-mib', type=float,
+                        help='with two or more batch sizes: the largest batch per case '
+                        'whose extra training memory fits in this many MiB')
     parser.add_argument('--out-dir', default='work_dirs/benchmark')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -379,6 +415,9 @@ def main(argv=None):
     load_before = os.getloadavg()
     rows = benchmark(args, kwargs)
     print(format_table(rows))
+    per_image = per_image_memory(rows, args.budget_mib)
+    if per_image:
+        print(format_per_image(per_image, args.budget_mib))
     targets = targets_in(rows, kwargs['arch']['embed_dims'], args.device)
     if targets:
         print(format_targets(targets))
@@ -390,7 +429,8 @@ def main(argv=None):
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),
                 arch=kwargs['arch'])
     with open(stem + '.json', 'w') as f:
-        json.dump(dict(meta=meta, rows=rows, targets=targets), f, indent=1)
+        json.dump(dict(meta=meta, rows=rows, per_image=per_image, targets=targets), f,
+                  indent=1)
     with open(stem + '.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, [key for key, _, _ in COLUMNS] + ['rest_mem_mib'])
         writer.writeheader()

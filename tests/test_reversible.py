@@ -10,14 +10,17 @@ from mmrev.testing import backprop_gradients, gradient_errors
 class Stack(nn.Module):
     """Both streams start from the input; the output is their concatenation."""
 
-    def __init__(self, depth, p=0.2, drop_path=0.3, g_chunks=1):
+    def __init__(self, depth, p=0.2, drop_path=0.3, g_chunks=1, identity_branches=False):
         super().__init__()
+
+        def branches():
+            if identity_branches:
+                return nn.Identity(), nn.Identity()
+            return (nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Dropout(p)),
+                    nn.Sequential(nn.Linear(8, 8), nn.GELU()))
+
         self.layers = ReversibleSequence([
-            ReversibleBlock(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Dropout(p)),
-                            nn.Sequential(nn.Linear(8, 8), nn.GELU()), drop_path,
-                            g_chunks)
-            for _ in range(depth)
-        ])
+            ReversibleBlock(*branches(), drop_path, g_chunks) for _ in range(depth)])
 
     def forward(self, x):
         return torch.cat(self.layers(x, x), -1)
@@ -43,6 +46,42 @@ def test_gradients_match_ordinary_backprop(depth, g_chunks):
     actual = backprop_gradients(model, x, reversible=True, seed=1)
     errors = gradient_errors(actual, expected)
     assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.parametrize('drop_path', [0., 0.5])
+def test_gradients_match_when_branches_return_their_inputs(drop_path):
+    # Identity branches alias the streams and pass gradients through unchanged: the
+    # in-place sums of the engine must not write into those shared buffers.
+    model = Stack(3, drop_path=drop_path, identity_branches=True).train()
+    x = torch.randn(16, 4, 8)
+    expected = backprop_gradients(model, x, reversible=False, seed=1)
+    actual = backprop_gradients(model, x, reversible=True, seed=1)
+    torch.testing.assert_close(actual['input'], expected['input'])
+
+
+def test_no_grad_sums_reuse_fresh_branch_outputs_only():
+    block = ReversibleBlock(nn.Linear(8, 8), nn.Linear(8, 8)).eval()
+    x = torch.randn(3, 8)
+    f_outputs = []
+    block.f.register_forward_hook(lambda module, args, out: f_outputs.append(out))
+    with torch.no_grad():
+        y1, _ = block(x, x)
+    assert y1.data_ptr() == f_outputs[-1].data_ptr()
+    y1, _ = block(x, x)
+    assert y1.data_ptr() != f_outputs[-1].data_ptr()
+
+    identity = ReversibleBlock(nn.Identity(), nn.Identity()).eval()
+    x1, x2 = torch.randn(2, 3, 8).unbind(0)
+    copies = x1.clone(), x2.clone()
+    with torch.no_grad():
+        y1, y2 = identity(x1, x2)
+        outputs = y1.clone(), y2.clone()
+        r1, r2 = identity.inverse(y1, y2)
+    assert torch.equal(x1, copies[0]) and torch.equal(x2, copies[1])
+    assert torch.equal(y1, x1 + x2) and torch.equal(y2, x2 + y1)
+    assert torch.equal(y1, outputs[0]) and torch.equal(y2, outputs[1])
+    torch.testing.assert_close(r1, x1)
+    torch.testing.assert_close(r2, x2)
 
 
 def test_eval_and_no_grad_use_ordinary_path_with_same_numbers():

@@ -22,6 +22,26 @@ def _scale(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x if mask is None else x * mask
 
 
+def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor,
+         alpha: int = 1) -> Tensor:
+    """``stream + alpha * D * branch``, ``D`` the stochastic-depth ``mask``.
+
+    With no graph to record, the sum goes into ``branch``'s buffer when ``branch`` is a
+    contiguous tensor of the sum's shape and dtype that shares memory with neither
+    ``stream`` nor ``others`` (the tensors still in use): a stream-sized buffer less to
+    allocate and fill.
+    """
+    in_place = not branch.requires_grad and branch.is_contiguous() and (
+        branch.shape == stream.shape and branch.dtype == stream.dtype) and not any(
+            branch.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+            for t in (stream, *others))
+    if not in_place:
+        return torch.add(stream, _scale(branch, mask), alpha=alpha)
+    if mask is not None:
+        branch.mul_(mask)
+    return torch.add(stream, branch, alpha=alpha, out=branch)
+
+
 def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
@@ -96,9 +116,9 @@ class ReversibleBlock(nn.Module):
         """Apply the block; if ``records`` is a list, append what a replay needs."""
         mask = self.keep_mask(x2)
         f_state = ForwardState(x2) if records is not None else None
-        y1 = x1 + _scale(self.f(x2), mask)
+        y1 = _add(x1, self.f(x2), mask, x2)
         g_state = ForwardState(y1) if records is not None else None
-        y2 = x2 + _scale(self.g(y1), mask)
+        y2 = _add(x2, self.g(y1), mask, y1)
         if records is not None:
             records.append(BlockRecord(f_state, g_state, mask))
         return y1, y2
@@ -110,9 +130,9 @@ class ReversibleBlock(nn.Module):
         (which a training-mode forward with randomness needs)."""
         mask = record.keep_mask if record else None
         with record.g_state.replay() if record else nullcontext():
-            x2 = y2 - _scale(self.g(y1), mask)
+            x2 = _add(y2, self.g(y1), mask, y1, alpha=-1)
         with record.f_state.replay() if record else nullcontext():
-            x1 = y1 - _scale(self.f(x2), mask)
+            x1 = _add(y1, self.f(x2), mask, x2, alpha=-1)
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,
@@ -122,11 +142,11 @@ class ReversibleBlock(nn.Module):
         mask = record.keep_mask
         g_y1, dy1_through_g, g_grads = _recompute_vjp(
             self.g, y1, _scale(dy2, mask), record.g_state, self.g_chunks)
-        x2 = y2 - _scale(g_y1, mask)
-        dx1 = dy1 + dy1_through_g
-        del g_y1, dy1_through_g  # free them before F's rerun, the peak of the backward
+        x2 = _add(y2, g_y1, mask, y1, alpha=-1)
+        dx1 = _add(dy1, dy1_through_g, None, dy2)
+        del g_y1, dy1_through_g  # unless reused by the sums: free before F's rerun, the peak
         f_x2, dx2_through_f, f_grads = _recompute_vjp(
             self.f, x2, _scale(dx1, mask), record.f_state)
-        x1 = y1 - _scale(f_x2, mask)
-        dx2 = dy2 + dx2_through_f
+        x1 = _add(y1, f_x2, mask, x2, alpha=-1)
+        dx2 = _add(dy2, dx2_through_f, None, dx1)
         return x1, x2, dx1, dx2, f_grads + g_grads

@@ -31,11 +31,10 @@ def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor
     ``stream`` nor ``others`` (the tensors still in use): a stream-sized buffer less to
     allocate and fill.
     """
-    in_place = not branch.requires_grad and branch.is_contiguous() and (
-        branch.shape == stream.shape and branch.dtype == stream.dtype) and not any(
-            branch.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
-            for t in (stream, *others))
-    if not in_place:
+    shares_memory = any(branch.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+                        for t in (stream, *others))
+    if (branch.requires_grad or not branch.is_contiguous() or shares_memory
+            or branch.shape != stream.shape or branch.dtype != stream.dtype):
         return torch.add(stream, _scale(branch, mask), alpha=alpha)
     if mask is not None:
         branch.mul_(mask)
@@ -87,6 +86,10 @@ class ReversibleBlock(nn.Module):
         g_chunks (int): split the backward rerun of G into this many chunks along
             dim 1 (tokens). Exact only for a token-wise G without per-element
             randomness (dropout). Defaults to 1.
+
+    With no graph to record (eval, ``torch.no_grad``, the reversible forward), each sum
+    is written into the fresh output of its branch: a forward hook that keeps the output
+    of ``f`` or ``g`` (or of their last layer) must keep a clone.
     """
 
     def __init__(self, f: nn.Module, g: nn.Module, drop_path: float = 0.,

@@ -97,3 +97,46 @@ def test_config_must_hold_a_revvit(tmp_path):
     kwargs = bm.revvit_kwargs('base', str(config))
     assert kwargs['arch']['embed_dims'] == 384 and kwargs['drop_path_rate'] == 0.1
     assert 'init_cfg' not in kwargs and torch.is_tensor(bm.make_input(1, 16, 'cpu'))
+
+
+CASES_2 = ['mmrev-rev', 'mmrev-ckpt']  # mmrev-ckpt has no eval figures
+
+
+@pytest.mark.parametrize('task, keys', [
+    ('memory:mmrev-rev:1:2:32', {'mmrev-rev': {'extra_mem_mib', 'rest_mem_mib'}}),
+    ('train:1:2:32', {'mmrev-rev': {'step_s', 'eval_after_train_img_s'},
+                      'mmrev-ckpt': {'step_s'}}),
+    ('eval:1:2:32', {'mmrev-rev': {'eval_img_s'}}),
+])
+def test_worker_measures_its_task_for_its_cases(task, keys):
+    args = bm.parse_args(['--cases', *CASES_2, '--steps', '1', '--warmup', '0',
+                          '--mem-repeats', '1', '--device', 'cpu', '--worker', task])
+    results = bm.worker(args, TINY)
+    assert {case: set(figures) for case, figures in results.items()} == keys
+    assert all(value > 0 for figures in results.values() for key, value in figures.items()
+               if key != 'extra_mem_mib')
+
+
+def test_every_task_runs_in_a_fresh_process_memory_under_the_mmap_threshold(monkeypatch):
+    tasks = []
+
+    def fake_worker(task, argv, env=None):
+        tasks.append((task, (env or {}).get('MALLOC_MMAP_THRESHOLD_')))
+        kind, *case, depth, _, _ = task.split(':')
+        if kind == 'memory':
+            return {case[0]: dict(extra_mem_mib=float(depth))}
+        key = 'step_s' if kind == 'train' else 'eval_img_s'
+        return {'mmrev-rev': {key: 2.}, 'mmpretrain-vit': {key: 1.}}
+
+    monkeypatch.setattr(bm, 'run_worker', fake_worker)
+    args = bm.parse_args(['--cases', 'mmrev-rev', 'mmpretrain-vit', '--depths', '1', '2'])
+    args.argv = []
+    rows = bm.benchmark(args)
+    assert [t for t, _ in tasks[:4]] == ['memory:mmrev-rev:1:8:224',
+                                         'memory:mmpretrain-vit:1:8:224',
+                                         'train:1:8:224', 'eval:1:8:224']
+    assert [env for _, env in tasks[:4]] == ['65536', '65536', None, None]
+    assert len(tasks) == 8 and len(rows) == 4
+    rev_2 = next(r for r in rows if r['case'] == 'mmrev-rev' and r['depth'] == 2)
+    assert rev_2['extra_mem_mib'] == 2. and rev_2['step_vs_baseline'] == 2.
+    assert rev_2['eval_vs_baseline'] == 2.

@@ -18,17 +18,20 @@ CUDA: peak allocated. CPU: peak resident memory (VmHWM after resetting it throug
 to the system and resident memory tracks live tensors.
 
 Time: median training step and eval (no_grad forward) time after warm-up, the cases
-alternated in one process; ratios are against ``--baseline`` measured in the same run.
+alternated in one process; ratios are against ``--baseline`` measured in the same run. Per
+setting, one fresh process times the training steps and then eval (as validation runs,
+after training), and another times eval alone (as inference runs): on CPU both depend on
+how much freed memory the process keeps, and hence on what ran before in it.
 
 With two or more batch sizes it fits memory per image and, with ``--budget-mib``, the
 largest batch per case within that budget. At RevViT-S width, 224x224, batch 8 on CPU it
-also checks issue 10's targets and shows by
-how much each missed one is missed.
+also checks issue 10's targets and shows by how much each missed one is missed.
 
 Example (the README's table)::
 
     python tools/analysis_tools/benchmark_memory_speed.py --arch small \\
-        --depths 12 24 48 --batch-sizes 8 --img-sizes 224 --out-dir docs/benchmark
+        --depths 12 24 48 --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu \\
+        --steps 5 --mem-repeats 2 --out-dir docs/benchmark
 """
 import argparse
 import csv
@@ -163,24 +166,52 @@ def make_input(batch_size: int, img_size: int, device: str) -> torch.Tensor:
     return torch.randn(batch_size, 3, img_size, img_size, generator=generator).to(device)
 
 
-def memory_worker(args, kwargs: dict) -> None:
-    """Child process: print one case's memory figures as JSON."""
-    case, depth, batch_size, img_size = args.worker.split(':')
+def build_models(cases, kwargs: dict, depth: int, img_size: int, device: str,
+                 training: bool) -> Dict[str, nn.Module]:
     torch.manual_seed(0)
-    model = set_mode(build_model(case, kwargs, int(depth), int(img_size)), True)
-    model.to(args.device)
-    x = make_input(int(batch_size), int(img_size), args.device)
-    print(json.dumps(step_memory(model, x, args.mem_repeats)))
+    return {case: set_mode(build_model(case, kwargs, depth, img_size).to(device), training)
+            for case in cases}
 
 
-def measure_memory_in_subprocess(case: str, depth: int, batch_size: int,
-                                 img_size: int) -> Dict[str, float]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
-    command = [sys.executable, __file__, *sys.argv[1:],
-               '--worker', f'{case}:{depth}:{batch_size}:{img_size}']
+def worker(args, kwargs: dict) -> Dict[str, dict]:
+    """Child process: one task's figures, per case.
+
+    ``memory:CASE:D:B:S``: :func:`step_memory` of one case. ``train:D:B:S``: the step
+    time of every case, then the eval time of the eval cases in the same process (as
+    validation runs after training). ``eval:D:B:S``: the eval time of the eval cases in a
+    process that does nothing else (as inference runs).
+    """
+    task, *case, depth, batch_size, img_size = args.worker.split(':')
+    depth, batch_size, img_size = int(depth), int(batch_size), int(img_size)
+    x = make_input(batch_size, img_size, args.device)
+    clock = time.thread_time if args.clock == 'cpu' else time.perf_counter
+    eval_cases = [c for c in args.cases if c in EVAL_CASES]
+    if task == 'memory':
+        (model, ) = build_models(case, kwargs, depth, img_size, args.device, True).values()
+        return {case[0]: step_memory(model, x, args.mem_repeats)}
+    results = {}
+    if task == 'train':
+        models = build_models(args.cases, kwargs, depth, img_size, args.device, True)
+        for case, t in median_times(models, x, train_step, args.steps, args.warmup,
+                                    clock).items():
+            results[case] = dict(step_s=t)
+        models = {c: set_mode(models[c], False) for c in eval_cases}
+        key = 'eval_after_train_img_s'
+    else:
+        models = build_models(eval_cases, kwargs, depth, img_size, args.device, False)
+        key = 'eval_img_s'
+    for case, t in median_times(models, x, eval_step, args.steps, args.warmup,
+                                clock).items():
+        results.setdefault(case, {})[key] = batch_size / t
+    return results
+
+
+def run_worker(task: str, argv: List[str], env: dict = None) -> Dict[str, dict]:
+    """Run :func:`worker` on ``task`` in a fresh process with the arguments ``argv``."""
+    command = [sys.executable, __file__, *argv, '--worker', task]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f'memory run of {case} failed:\n{result.stderr}')
+        raise RuntimeError(f'benchmark task {task} failed:\n{result.stderr}')
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -198,33 +229,28 @@ class Progress:
               f'~{left:.0f}s left)', file=sys.stderr, flush=True)
 
 
-def benchmark(args, kwargs: dict) -> List[dict]:
+def benchmark(args) -> List[dict]:
+    """Every task of the sweep, each in a fresh process, so that no case or setting runs
+    on memory another one's allocations left behind."""
     grid = list(itertools.product(args.depths, args.batch_sizes, args.img_sizes))
-    progress = Progress(len(grid) * ((len(args.cases) if args.memory else 0) + args.time))
-    clock = time.thread_time if args.clock == 'cpu' else time.perf_counter
+    memory_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    progress = Progress(len(grid) * ((len(args.cases) if args.memory else 0)
+                                     + (2 if args.time else 0)))
     rows = []
     for depth, batch_size, img_size in grid:
-        setting = dict(depth=depth, batch_size=batch_size, img_size=img_size)
-        results = {case: dict(setting, case=case) for case in args.cases}
-        for case in args.cases if args.memory else ():
-            results[case].update(
-                measure_memory_in_subprocess(case, depth, batch_size, img_size))
-            progress(f'memory {case} depth={depth} batch={batch_size} img={img_size}')
+        setting = f'{depth}:{batch_size}:{img_size}'
+        label = f'depth={depth} batch={batch_size} img={img_size}'
+        results = {case: dict(depth=depth, batch_size=batch_size, img_size=img_size,
+                              case=case) for case in args.cases}
+        tasks = [(f'memory:{case}:{setting}', memory_env, f'memory {case} {label}')
+                 for case in (args.cases if args.memory else ())]
         if args.time:
-            torch.manual_seed(0)
-            models = {case: build_model(case, kwargs, depth, img_size).to(args.device)
-                      for case in args.cases}
-            x = make_input(batch_size, img_size, args.device)
-            for case, t in median_times({c: set_mode(m, True) for c, m in models.items()}, x,
-                                        train_step, args.steps, args.warmup, clock).items():
-                results[case]['step_s'] = t
-            evaluated = {c: set_mode(models[c], False) for c in args.cases if c in EVAL_CASES}
-            for case, t in median_times(evaluated, x, eval_step, args.steps, args.warmup,
-                                        clock).items():
-                results[case]['eval_img_s'] = batch_size / t
-            del models, evaluated
-            gc.collect()
-            progress(f'time   all cases depth={depth} batch={batch_size} img={img_size}')
+            tasks += [(f'train:{setting}', None, f'train step time, all cases, {label}'),
+                      (f'eval:{setting}', None, f'eval time, eval cases, {label}')]
+        for task, env, description in tasks:
+            for case, figures in run_worker(task, args.argv, env).items():
+                results[case].update(figures)
+            progress(description)
         rows += add_ratios(list(results.values()), args.baseline)
     return rows
 
@@ -235,7 +261,9 @@ def add_ratios(rows: List[dict], baseline: str) -> List[dict]:
     for row in rows:
         for ratio, key, inverse in (('mem_x_below_baseline', 'extra_mem_mib', True),
                                     ('step_vs_baseline', 'step_s', False),
-                                    ('eval_vs_baseline', 'eval_img_s', False)):
+                                    ('eval_vs_baseline', 'eval_img_s', False),
+                                    ('eval_after_train_vs_baseline', 'eval_after_train_img_s',
+                                     False)):
             if row.get(key) and base.get(key):
                 row[ratio] = base[key] / row[key] if inverse else row[key] / base[key]
     return rows
@@ -340,7 +368,9 @@ COLUMNS = (('depth', 'depth', '{:d}'), ('batch_size', 'batch', '{:d}'),
            ('extra_mem_mib', 'extra MiB', '{:.0f}'),
            ('mem_x_below_baseline', 'mem x below', '{:.1f}x'),
            ('step_s', 'step s', '{:.3f}'), ('step_vs_baseline', 'step ratio', '{:.2f}'),
-           ('eval_img_s', 'eval img/s', '{:.1f}'), ('eval_vs_baseline', 'eval ratio', '{:.2f}'))
+           ('eval_img_s', 'eval img/s', '{:.1f}'), ('eval_vs_baseline', 'eval ratio', '{:.2f}'),
+           ('eval_after_train_img_s', 'eval img/s after train', '{:.1f}'),
+           ('eval_after_train_vs_baseline', 'ratio after train', '{:.2f}'))
 
 
 def format_table(rows: List[dict]) -> str:
@@ -406,14 +436,17 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.argv = argv
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = revvit_kwargs(args.arch, args.config)
     if args.worker:
-        return memory_worker(args, kwargs)
+        print(json.dumps(worker(args, kwargs)))
+        return
     load_before = os.getloadavg()
-    rows = benchmark(args, kwargs)
+    rows = benchmark(args)
     print(format_table(rows))
     per_image = per_image_memory(rows, args.budget_mib)
     if per_image:
@@ -423,7 +456,7 @@ def main(argv=None):
         print(format_targets(targets))
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, 'benchmark_memory_speed')
-    meta = dict(command=' '.join(['python', *sys.argv]), device=args.device,
+    meta = dict(command=' '.join(['python', sys.argv[0], *argv]), device=args.device,
                 threads=torch.get_num_threads(), torch=torch.__version__,
                 date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),

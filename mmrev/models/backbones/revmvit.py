@@ -192,7 +192,6 @@ class RevMViT(ReversibleBackbone):
             qkv_bias=True, patch_kernel=7, patch_stride=4, patch_padding=3)),
     }
     REQUIRED_ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'transition_layers')
-    OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -211,11 +210,9 @@ class RevMViT(ReversibleBackbone):
                  ]):
         super().__init__(init_cfg)
         arch = self.arch_settings = self._parse_arch(arch)
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        self._set_out_type(out_type)
         transitions = sorted(arch['transition_layers'])
         num_layers, num_stages = arch['num_layers'], len(transitions) + 1
-        self.out_type = out_type
         self.out_scales = self._parse_out_scales(out_scales, num_stages)
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
@@ -313,21 +310,10 @@ class RevMViT(ReversibleBackbone):
 
     def embed(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
-        H, W = x.shape[-2:]
-        if H % self.total_stride or W % self.total_stride:
-            raise ValueError(
-                f'Input size {H}x{W} is not a multiple of {self.total_stride}, the '
-                f'stride of the last stage: resize or pad the image to multiples of '
-                f'{self.total_stride}')
+        self._check_input_size(x, self.total_stride,
+                               f'{self.total_stride}, the stride of the last stage')
         x = self.patch_embed(x)
         return x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
-
-    def _format(self, x: Tensor) -> Tensor:
-        if self.out_type == 'avg_featmap':
-            return x.mean(dim=(1, 2))
-        if self.out_type == 'featmap':
-            return x.permute(0, 3, 1, 2).contiguous()
-        return x.flatten(1, 2)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x = self.embed(x)

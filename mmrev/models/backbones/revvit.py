@@ -70,7 +70,6 @@ class RevViT(ReversibleBackbone):
         **dict.fromkeys(['l', 'large'], dict(
             embed_dims=1024, num_layers=24, num_heads=16, feedforward_channels=4096)),
     }
-    OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -92,8 +91,7 @@ class RevViT(ReversibleBackbone):
                  ]):
         super().__init__(init_cfg)
         self.arch_settings = self._parse_arch(arch)
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        self._set_out_type(out_type)
         if mlp_chunks > 1 and drop_rate > 0:
             raise ValueError('mlp_chunks > 1 replays per-sample randomness only; '
                              'set drop_rate=0 or mlp_chunks=1')
@@ -103,7 +101,6 @@ class RevViT(ReversibleBackbone):
                              f'got {frozen_stages}')
         self.embed_dims = self.arch_settings['embed_dims']
         self.patch_size = patch_size
-        self.out_type = out_type
         self.frozen_stages = frozen_stages
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size,
@@ -148,21 +145,11 @@ class RevViT(ReversibleBackbone):
 
     def embed(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
-        H, W = x.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(
-                f'Input size {H}x{W} is not a multiple of the patch size '
-                f'{self.patch_size}: resize or pad the image to a multiple of '
-                f'{self.patch_size}')
+        self._check_input_size(x, self.patch_size, f'the patch size {self.patch_size}')
         x = self.patch_embed(x)
         x = x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
         return self.drop_after_pos(x)
 
     def forward(self, x: Tensor) -> Tuple[Tensor]:
         x = self.embed(x)
-        x = self.norm(torch.cat(self.layers(x, x), dim=-1))
-        if self.out_type == 'avg_featmap':
-            return (x.mean(dim=(1, 2)), )
-        if self.out_type == 'featmap':
-            return (x.permute(0, 3, 1, 2).contiguous(), )
-        return (x.flatten(1, 2), )
+        return (self._format(self.norm(torch.cat(self.layers(x, x), dim=-1))), )

@@ -104,9 +104,10 @@ CASES_2 = ['mmrev-rev', 'mmrev-ckpt']  # mmrev-ckpt has no eval figures
 
 @pytest.mark.parametrize('task, keys', [
     ('memory:mmrev-rev:1:2:32', {'mmrev-rev': {'extra_mem_mib', 'rest_mem_mib'}}),
-    ('train:1:2:32', {'mmrev-rev': {'step_s', 'eval_after_train_img_s'},
-                      'mmrev-ckpt': {'step_s'}}),
-    ('eval:1:2:32', {'mmrev-rev': {'eval_img_s'}}),
+    ('train:1:2:32', {'mmrev-rev': {'step_s', 'step_faults', 'eval_after_train_img_s',
+                                    'eval_after_train_faults'},
+                      'mmrev-ckpt': {'step_s', 'step_faults'}}),
+    ('eval:1:2:32', {'mmrev-rev': {'eval_img_s', 'eval_faults'}}),
 ])
 def test_worker_measures_its_task_for_its_cases(task, keys):
     args = bm.parse_args(['--cases', *CASES_2, '--steps', '1', '--warmup', '0',
@@ -114,7 +115,9 @@ def test_worker_measures_its_task_for_its_cases(task, keys):
     results = bm.worker(args, TINY)
     assert {case: set(figures) for case, figures in results.items()} == keys
     assert all(value > 0 for figures in results.values() for key, value in figures.items()
-               if key != 'extra_mem_mib')
+               if key != 'extra_mem_mib' and not key.endswith('faults'))
+    assert all(value >= 0 and value == int(value) for figures in results.values()
+               for key, value in figures.items() if key.endswith('faults'))
 
 
 def test_every_task_runs_in_a_fresh_process_memory_under_the_mmap_threshold(monkeypatch):
@@ -140,3 +143,14 @@ def test_every_task_runs_in_a_fresh_process_memory_under_the_mmap_threshold(monk
     rev_2 = next(r for r in rows if r['case'] == 'mmrev-rev' and r['depth'] == 2)
     assert rev_2['extra_mem_mib'] == 2. and rev_2['step_vs_baseline'] == 2.
     assert rev_2['eval_vs_baseline'] == 2.
+
+
+def test_median_times_counts_the_pages_each_step_maps_afresh():
+    def step(model, x):
+        model()
+
+    models = {'fresh 64 MiB': lambda: torch.ones(16 * 2**20),  # mapped anew by every call
+              'nothing': lambda: None}
+    (fresh_s, fresh_faults), (_, no_faults) = bm.median_times(
+        models, torch.zeros(1), step, steps=3, warmup=1).values()
+    assert fresh_s > 0 and fresh_faults > 16 and no_faults < 16

@@ -21,7 +21,10 @@ Time: median training step and eval (no_grad forward) time after warm-up, the ca
 alternated in one process; ratios are against ``--baseline`` measured in the same run. Per
 setting, one fresh process times the training steps and then eval (as validation runs,
 after training), and another times eval alone (as inference runs): on CPU both depend on
-how much freed memory the process keeps, and hence on what ran before in it.
+how much freed memory the process keeps, and hence on what ran before in it. Beside each
+time, the median minor page faults of the step (``faults/step``, ``faults/eval``): the
+4 KiB pages of host memory it had to map afresh, memory that the allocator had given back
+to the system since the last step.
 
 With two or more batch sizes it fits memory per image and, with ``--budget-mib``, the
 largest batch per case within that budget. At RevViT-S width, 224x224, batch 8 on CPU it
@@ -31,7 +34,7 @@ Example (the README's table)::
 
     python tools/analysis_tools/benchmark_memory_speed.py --arch small \\
         --depths 12 24 48 --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu \\
-        --steps 5 --mem-repeats 2 --out-dir docs/benchmark
+        --steps 7 --mem-repeats 2 --out-dir docs/benchmark
 """
 import argparse
 import csv
@@ -39,11 +42,12 @@ import gc
 import itertools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -143,22 +147,30 @@ def step_memory(model: nn.Module, x: torch.Tensor, repeats: int) -> Dict[str, fl
     return dict(extra_mem_mib=statistics.median(extras) / MIB, rest_mem_mib=rest / MIB)
 
 
+def _minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def median_times(models: Dict[str, nn.Module], x: torch.Tensor, step, steps: int,
-                 warmup: int, clock=time.perf_counter) -> Dict[str, float]:
-    """Median seconds of ``step(model, x)`` per model, models alternated every round."""
+                 warmup: int, clock=time.perf_counter) -> Dict[str, Tuple[float, float]]:
+    """Median seconds and minor page faults of ``step(model, x)`` per model, models
+    alternated every round."""
     times = {name: [] for name in models}
+    faults = {name: [] for name in models}
     for round_ in range(warmup + steps):
         order = list(models) if round_ % 2 == 0 else list(reversed(models))
         for name in order:
             if x.is_cuda:
                 torch.cuda.synchronize()
-            start = clock()
+            faults_before, start = _minor_page_faults(), clock()
             step(models[name], x)
             if x.is_cuda:
                 torch.cuda.synchronize()
             if round_ >= warmup:
                 times[name].append(clock() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                faults[name].append(_minor_page_faults() - faults_before)
+    return {name: (statistics.median(times[name]), statistics.median(faults[name]))
+            for name in models}
 
 
 def make_input(batch_size: int, img_size: int, device: str) -> torch.Tensor:
@@ -192,17 +204,18 @@ def worker(args, kwargs: dict) -> Dict[str, dict]:
     results = {}
     if task == 'train':
         models = build_models(args.cases, kwargs, depth, img_size, args.device, True)
-        for case, t in median_times(models, x, train_step, args.steps, args.warmup,
-                                    clock).items():
-            results[case] = dict(step_s=t)
+        for case, (t, faults) in median_times(models, x, train_step, args.steps,
+                                              args.warmup, clock).items():
+            results[case] = dict(step_s=t, step_faults=faults)
         models = {c: set_mode(models[c], False) for c in eval_cases}
-        key = 'eval_after_train_img_s'
+        key = 'eval_after_train'
     else:
         models = build_models(eval_cases, kwargs, depth, img_size, args.device, False)
-        key = 'eval_img_s'
-    for case, t in median_times(models, x, eval_step, args.steps, args.warmup,
-                                clock).items():
-        results.setdefault(case, {})[key] = batch_size / t
+        key = 'eval'
+    for case, (t, faults) in median_times(models, x, eval_step, args.steps, args.warmup,
+                                          clock).items():
+        results.setdefault(case, {}).update(
+            {f'{key}_img_s': batch_size / t, f'{key}_faults': faults})
     return results
 
 
@@ -368,9 +381,12 @@ COLUMNS = (('depth', 'depth', '{:d}'), ('batch_size', 'batch', '{:d}'),
            ('extra_mem_mib', 'extra MiB', '{:.0f}'),
            ('mem_x_below_baseline', 'mem x below', '{:.1f}x'),
            ('step_s', 'step s', '{:.3f}'), ('step_vs_baseline', 'step ratio', '{:.2f}'),
+           ('step_faults', 'faults/step', '{:.0f}'),
            ('eval_img_s', 'eval img/s', '{:.1f}'), ('eval_vs_baseline', 'eval ratio', '{:.2f}'),
+           ('eval_faults', 'faults/eval', '{:.0f}'),
            ('eval_after_train_img_s', 'eval img/s after train', '{:.1f}'),
-           ('eval_after_train_vs_baseline', 'ratio after train', '{:.2f}'))
+           ('eval_after_train_vs_baseline', 'ratio after train', '{:.2f}'),
+           ('eval_after_train_faults', 'faults/eval after train', '{:.0f}'))
 
 
 def format_table(rows: List[dict]) -> str:

@@ -56,16 +56,18 @@ def autocast_gradient_errors(model: nn.Module, inputs: Tensor,
     return relative_error(reversible, ordinary), relative_error(ordinary, fp32)
 
 
-def saved_tensor_bytes(model: nn.Module, inputs: Tensor) -> int:
-    """Bytes autograd saves for backward in one training step of ``model``."""
-    total = 0
+def saved_tensor_bytes(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``forward()`` runs
+    ``model``: each storage counted once, ``model``'s parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
 
     def pack(tensor: Tensor) -> Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outputs = model(inputs)
-    projection_loss(outputs).backward()
-    return total
+        forward()
+    return sum(storages.values())

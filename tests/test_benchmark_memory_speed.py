@@ -12,13 +12,34 @@ spec.loader.exec_module(bm)
 
 TINY = dict(arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),
             patch_size=8)
+TINY_MVIT = dict(embed_dims=8, num_layers=5, num_heads=1, transition_layers=[1, 3],
+                 mlp_ratio=1.0)
 
 
-@pytest.mark.parametrize('case', bm.CASES)
-def test_every_case_builds_and_runs_a_training_and_eval_step(case):
-    model = bm.set_mode(bm.build_model(case, TINY, depth=1, img_size=32), True)
+def revvit(**kwargs):
+    family = bm.RevViTFamily()
+    family.kwargs = dict(TINY, **kwargs)
+    return family
+
+
+def revmvit():
+    """Tiny RevMViT, and the smallest MViT of mmpretrain."""
+    family = bm.RevMViTFamily(mvit_arch='tiny')
+    family.kwargs = dict(arch=TINY_MVIT)
+    return family
+
+
+FAMILY_CASES = [('revvit', case) for case in bm.RevViTFamily.cases] + [
+    ('revmvit', case) for case in bm.RevMViTFamily.cases]
+
+
+@pytest.mark.parametrize('family_name, case', FAMILY_CASES)
+def test_every_case_builds_and_runs_a_training_and_eval_step(family_name, case):
+    family = revvit() if family_name == 'revvit' else revmvit()
+    depth, size = (1, 32) if family_name == 'revvit' else (5, 64)
+    model = bm.set_mode(family.build(case, depth=depth, img_size=size), True)
     assert model.training
-    x = bm.make_input(2, 32, 'cpu')
+    x = bm.make_input(2, size, 'cpu')
     bm.train_step(model, x)
     params = [p for p in model.parameters() if p.requires_grad]
     assert params and all(p.grad is not None for p in params)
@@ -27,14 +48,28 @@ def test_every_case_builds_and_runs_a_training_and_eval_step(case):
 
 
 def test_checkpointed_case_wraps_every_block_and_keeps_reversible_off():
-    model = bm.build_model('mmrev-ckpt', TINY, depth=2, img_size=32)
+    model = revvit().build('mmrev-ckpt', depth=2, img_size=32)
     assert not model.reversible
     assert all(isinstance(b, bm.CheckpointedBlock) for b in model.layers)
-    assert bm.build_model('mmrev-rev', TINY, depth=2, img_size=32).reversible
+    assert revvit().build('mmrev-rev', depth=2, img_size=32).reversible
+    model = revmvit().build('mmrev-ckpt', depth=5, img_size=64)
+    assert not model.reversible
+    assert all(isinstance(b, bm.CheckpointedBlock) for s in model.stages for b in s.blocks)
+    assert all(isinstance(s.transition, bm.CheckpointedBlock) for s in model.stages[1:])
+    mvit = revmvit().build('mmpretrain-mvit-ckpt', depth=5, img_size=64)
+    assert all(isinstance(b, bm.CheckpointedBlock) for b in mvit.blocks)
+
+
+def test_revmvit_depth_moves_the_last_transition():
+    family = revmvit()
+    assert family.default_depths == [5]
+    model = family.build('mmrev-rev', depth=9, img_size=64)
+    assert model.arch_settings['transition_layers'] == [1, 7]
+    assert [len(stage.blocks) for stage in model.stages] == [1, 5, 1]
 
 
 def test_step_memory_reports_extra_over_resting_state():
-    model = bm.set_mode(bm.build_model('mmrev-ordinary', TINY, 2, 32), True)
+    model = bm.set_mode(revvit().build('mmrev-ordinary', 2, 32), True)
     result = bm.step_memory(model, bm.make_input(2, 32, 'cpu'), repeats=1)
     assert result['extra_mem_mib'] >= 0 and result['rest_mem_mib'] > 0
 
@@ -71,8 +106,29 @@ def test_targets_show_met_and_by_how_much_missed():
     eval_24 = checks['eval: mmrev-rev / mmpretrain-vit >= 1.05', '24']
     assert not eval_24['met'] and eval_24['shortfall'] == pytest.approx(1 - 1 / 1.05)
     assert ('step: mmpretrain-revvit / mmrev-rev >= 1.05', '12') not in checks  # not run
-    assert 'MISSED by 4.0%' in bm.format_targets(list(checks.values()))
+    assert 'MISSED by 4.0%' in bm.format_targets(list(checks.values()), 'Targets:')
     assert bm.targets_in(rows, 768, 'cpu') == [] and bm.targets_in(rows, 384, 'cuda') == []
+
+
+def test_revmvit_targets():
+    def row(case, img_size, batch_size, mem, step=None):
+        return dict(case=case, img_size=img_size, batch_size=batch_size, depth=16,
+                    extra_mem_mib=mem, step_s=step)
+    rows = [row('mmrev-rev', 224, 4, 80., 1.3), row('mmrev-ordinary', 224, 4, 600., 1.),
+            row('mmrev-rev', 1024, 1, 300.), row('mmrev-ordinary', 1024, 1, 1200.),
+            row('mmpretrain-mvit-ckpt', 1024, 1, 400.)]
+    per_image = [dict(case='mmrev-rev', img_size=224, mib_per_image=18.),
+                 dict(case='mmrev-ordinary', img_size=224, mib_per_image=150.),
+                 dict(case='mmpretrain-mvit-ckpt', img_size=224, mib_per_image=33.)]
+    checks = {(c['target'], c['depth']): c for c in bm.check_revmvit_targets(rows, per_image)}
+    assert checks['mmrev-rev MiB per image <= 20', '224']['met']
+    assert checks['per image: mmrev-rev / mmpretrain-mvit-ckpt <= 0.6', '224']['met']
+    assert checks['per image: mmrev-ordinary / mmrev-rev >= 7', '224']['met']
+    below = checks['memory: mmrev-ordinary / mmrev-rev >= 5', '1024 b1']
+    assert not below['met'] and below['shortfall'] == pytest.approx(1 - 4 / 5)
+    assert checks['memory: mmpretrain-mvit-ckpt / mmrev-rev > 1', '1024 b1']['met']
+    assert checks['step: mmrev-rev / mmrev-ordinary <= 1.4', '224 b4']['met']
+    assert len(checks) == 6
 
 
 def test_memory_per_image_and_largest_batch_within_budget():
@@ -87,16 +143,22 @@ def test_memory_per_image_and_largest_batch_within_budget():
     assert 'max batch 18' in bm.format_per_image([fit], 100.)
 
 
-def test_config_must_hold_a_revvit(tmp_path):
+def test_config_must_hold_a_backbone_of_the_family(tmp_path):
     config = tmp_path / 'cfg.py'
     config.write_text("model = dict(backbone=dict(type='mmpretrain.VisionTransformer'))\n")
     with pytest.raises(ValueError, match='RevViT'):
-        bm.revvit_kwargs('small', str(config))
+        bm.RevViTFamily('small', str(config))
     config.write_text("model = dict(backbone=dict(type='mmrev.RevViT', arch='small', "
                       "drop_path_rate=0.1, init_cfg=dict(type='Pretrained')))\n")
-    kwargs = bm.revvit_kwargs('base', str(config))
+    kwargs = bm.RevViTFamily('base', str(config)).kwargs
     assert kwargs['arch']['embed_dims'] == 384 and kwargs['drop_path_rate'] == 0.1
     assert 'init_cfg' not in kwargs and torch.is_tensor(bm.make_input(1, 16, 'cpu'))
+    config.write_text("model = dict(backbone=dict(type='mmrev.RevMViT', mlp_chunks=4, "
+                      "out_type='featmap', out_scales=(0, 1, 2, 3)))\n")
+    kwargs = bm.RevMViTFamily(config=str(config)).kwargs
+    assert kwargs['mlp_chunks'] == 4 and 'out_scales' not in kwargs
+    with pytest.raises(ValueError, match='Unknown case'):
+        bm.make_family(bm.parse_args(['--model', 'revmvit', '--cases', 'mmpretrain-vit']))
 
 
 CASES_2 = ['mmrev-rev', 'mmrev-ckpt']  # mmrev-ckpt has no eval figures
@@ -112,7 +174,7 @@ CASES_2 = ['mmrev-rev', 'mmrev-ckpt']  # mmrev-ckpt has no eval figures
 def test_worker_measures_its_task_for_its_cases(task, keys):
     args = bm.parse_args(['--cases', *CASES_2, '--steps', '1', '--warmup', '0',
                           '--mem-repeats', '1', '--device', 'cpu', '--worker', task])
-    results = bm.worker(args, TINY)
+    results = bm.worker(args, revvit())
     assert {case: set(figures) for case, figures in results.items()} == keys
     assert all(value > 0 for figures in results.values() for key, value in figures.items()
                if key != 'extra_mem_mib' and not key.endswith('faults'))
@@ -134,6 +196,7 @@ def test_every_task_runs_in_a_fresh_process_memory_under_the_mmap_threshold(monk
     monkeypatch.setattr(bm, 'run_worker', fake_worker)
     args = bm.parse_args(['--cases', 'mmrev-rev', 'mmpretrain-vit', '--depths', '1', '2'])
     args.argv = []
+    bm.make_family(args)
     rows = bm.benchmark(args)
     assert [t for t, _ in tasks[:4]] == ['memory:mmrev-rev:1:8:224',
                                          'memory:mmpretrain-vit:1:8:224',

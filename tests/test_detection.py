@@ -21,7 +21,12 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmrev.converters import convert_slowfast_checkpoint, spec_from_slowfast_cfg
 from mmrev.models import RevMViT, RevViT, SimpleFPN, grid_pos_embed
-from mmrev.testing import gradient_errors, reversible_sequences, set_reversible
+from mmrev.testing import (
+    gradient_errors,
+    reversible_sequences,
+    saved_tensor_bytes,
+    set_reversible,
+)
 
 from conftest import SLOWFAST_FIXTURES
 
@@ -273,17 +278,10 @@ def detector_gradients(model, data, reversible, seed=0):
 def saved_bytes(model, data, reversible):
     """Bytes of the tensors autograd keeps for the backward of the detector's loss."""
     set_reversible(model, reversible)
-    total = 0
-
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.random.fork_rng():
         torch.manual_seed(0)
-        model.loss(data['inputs'], data['data_samples'])
-    return total
+        return saved_tensor_bytes(
+            model, lambda: model.loss(data['inputs'], data['data_samples']))
 
 
 def test_reversible_gradients_match_ordinary_inside_detector(tiny):

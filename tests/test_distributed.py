@@ -47,13 +47,14 @@ class Case(NamedTuple):
     accumulative_counts: int = 1
     wrapper: type = OptimWrapper
     frozen_stages: int = -1
+    out_scales: Tuple[int, ...] = (-1, )  # RevMViT only
 
     @property
     def id(self) -> str:
         return (f'{self.backbone}-{"reversible" if self.reversible else "ordinary"}'
                 f'-find_unused={self.find_unused_parameters}'
                 f'-accumulate={self.accumulative_counts}-{self.wrapper.__name__}'
-                f'-frozen_stages={self.frozen_stages}')
+                f'-frozen_stages={self.frozen_stages}-out_scales={self.out_scales}')
 
 
 DDP_CASES = [
@@ -62,18 +63,24 @@ DDP_CASES = [
       for find_unused, counts in ((False, 1), (True, 1), (False, 2))),
     *(Case(backbone, True, frozen_stages=1) for backbone in BACKBONES),
     *(Case(backbone, True, wrapper=BF16OptimWrapper) for backbone in BACKBONES),
+    # an earlier stage as the output: the later ones must not be left without gradients
+    Case('RevMViT', True, out_scales=(0, )),
 ]
 
 
-def classifier(backbone: str, reversible: bool, frozen_stages: int = -1) -> ImageClassifier:
+def classifier(case: Case) -> ImageClassifier:
     """A tiny classifier, the same in every process (fixed seed)."""
     torch.manual_seed(0)
+    backbone = dict(BACKBONES[case.backbone], frozen_stages=case.frozen_stages)
+    channels = OUT_CHANNELS[case.backbone]
+    if case.out_scales != (-1, ):
+        backbone['out_scales'] = case.out_scales
+        channels = 2 * backbone['arch']['embed_dims']  # stage 0
     model = ImageClassifier(
-        backbone=dict(BACKBONES[backbone], frozen_stages=frozen_stages),
-        head=dict(type='LinearClsHead', num_classes=NUM_CLASSES,
-                  in_channels=OUT_CHANNELS[backbone]))
+        backbone=backbone,
+        head=dict(type='LinearClsHead', num_classes=NUM_CLASSES, in_channels=channels))
     model.init_weights()
-    set_reversible(model, reversible)
+    set_reversible(model, case.reversible)
     return model
 
 
@@ -118,7 +125,7 @@ def ddp_worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     results = {}
     for case in DDP_CASES:
-        model = classifier(case.backbone, case.reversible, case.frozen_stages)
+        model = classifier(case)
         ddp = MMDistributedDataParallel(  # mmengine's runner defaults, but find_unused
             model, broadcast_buffers=False,
             find_unused_parameters=case.find_unused_parameters)
@@ -145,7 +152,7 @@ def ddp_results(tmp_path_factory) -> List[dict]:
 
 def one_process_training(case: Case) -> Dict[str, torch.Tensor]:
     """Train without DDP, one step per ``accumulative_counts`` global batches."""
-    model = classifier(case.backbone, case.reversible, case.frozen_stages)
+    model = classifier(case)
     counts = case.accumulative_counts
     batches = [concatenated_batch(range(step, step + counts))
                for step in range(0, ITERS, counts)]
@@ -169,7 +176,7 @@ def test_ddp_matches_one_process_on_concatenated_batches(ddp_results, case):
     for name, value in rank0.items():
         assert torch.equal(value, rank1[name]), f'ranks differ in {name}'
     expected = one_process_training(case)
-    initial = classifier(case.backbone, case.reversible, case.frozen_stages).state_dict()
+    initial = classifier(case).state_dict()
     assert max(parameter_errors(expected, initial).values()) > 1e-2, 'nothing trained'
     errors = parameter_errors(rank0, expected)
     assert max(errors.values()) <= 1e-5, errors
@@ -188,7 +195,7 @@ def test_ddp_with_bf16_autocast_trains_in_step(ddp_results, case):
 def train_on_one_batch(backbone: str, reversible: bool, wrapper: Callable,
                        device: str = 'cpu') -> Tuple[torch.Tensor, torch.Tensor]:
     """``AMP_STEPS`` SGD steps on one batch; the losses and the parameters' update."""
-    model = classifier(backbone, reversible).to(device)
+    model = classifier(Case(backbone, reversible)).to(device)
     initial = torch.cat([p.detach().flatten() for p in model.parameters()])
     losses = train(model, wrapper(optimizer=torch.optim.SGD(model.parameters(), lr=LR)),
                    [concatenated_batch(range(1))] * AMP_STEPS)

@@ -1,5 +1,6 @@
 import json
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -7,10 +8,12 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmrev.models import RevMViT
 from mmrev.models.backbones.revmvit import StageTransition
+from mmrev.reversible.diagnostics import reconstruction_errors
 from mmrev.testing import (
     autocast_gradient_errors,
     backprop_gradients,
     gradient_errors,
+    projection_loss,
     saved_tensor_bytes,
 )
 
@@ -124,9 +127,9 @@ def test_transition_drops_whole_block_output():
                                  stride_q=2, stride_kv=1, fusion='concat_linear_2',
                                  res_path='conv', drop_path_rate=0.5,
                                  norm_cfg=dict(type='LN', eps=1e-6))
-    x = torch.randn(16, 4, 4, 16)
-    kept = transition.eval()(x) / 0.5
-    dropped = transition.train()(x)
+    x1, x2 = torch.randn(2, 16, 4, 4, 8).unbind(0)
+    kept = transition.eval()(x1, x2) / 0.5
+    dropped = transition.train()(x1, x2)
     is_zero = dropped.flatten(1).eq(0).all(1)
     assert 0 < is_zero.sum() < 16  # some samples dropped entirely, residual included
     torch.testing.assert_close(dropped[~is_zero], kept[~is_zero])
@@ -211,7 +214,69 @@ def test_official_manifest_maps_onto_state_dict():
 def test_activation_memory_constant_in_stack_depth():
     x = torch.randn(2, 3, 32, 32)
     for reversible in (True, False):
-        shallow, deep = (
-            saved_tensor_bytes(tiny(arch_num_layers=n, reversible=reversible).train(), x)
-            for n in (5, 11))
+        models = [tiny(arch_num_layers=n, reversible=reversible).train() for n in (5, 11)]
+        shallow, deep = (saved_tensor_bytes(m, partial(m, x)) for m in models)
         assert shallow == deep if reversible else deep > shallow
+
+
+def test_transitions_keep_no_activations_of_their_own():
+    # With reversible backprop a transition keeps only its inputs and maps at its own
+    # resolution: what it saves does not depend on the widths inside its MLPs.
+    x = torch.randn(2, 3, 32, 32)
+
+    def saved(reversible, ratio):
+        model = tiny(arch_mlp_ratio=ratio, reversible=reversible,
+                     arch_pre_q_fusion=f'concat_linear_{ratio}').train()
+        return saved_tensor_bytes(model, lambda: model(x))
+
+    assert saved(True, 1.) == saved(True, 4.)
+    assert saved(False, 4.) > saved(False, 1.)
+    assert saved(True, 4.) < saved(False, 4.) / 3
+
+
+def test_chunked_recompute_matches_ordinary_backprop():
+    torch.manual_seed(0)
+    model = four_stages(mlp_chunks=2, drop_path_rate=0.2).train()
+    assert model.stages[0].blocks[0].g_chunks == 2
+    assert model.stages[1].transition.fusion_chunks == 2
+    assert model.stages[2].transition.fusion_chunks == 1
+    assert_same_gradients(model, torch.randn(2, 3, 64, 64))
+
+
+def test_rng_advanced_in_training_as_with_ordinary_backprop():
+    model = tiny(drop_path_rate=0.3).train()
+    x = torch.randn(2, 3, 32, 32)
+    states = []
+    for reversible in (True, False):
+        model.reversible = reversible
+        torch.manual_seed(5)
+        projection_loss(model(x)).backward()
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
+
+
+def test_stages_after_the_last_output_are_not_built():
+    torch.manual_seed(0)
+    full = four_stages(out_scales=(1, 3)).eval()
+    early = four_stages(out_scales=(1, )).eval()
+    assert len(early.stages) == 2 and not hasattr(early, 'norm3')
+    # a full model's weights load strictly: those of the stages not built are skipped
+    early.load_state_dict(full.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(early(x)[0], full(x)[0], rtol=0, atol=0)
+    assert early(torch.randn(1, 3, 16, 24))[0].shape == (1, 32)  # stride 8, not 32
+
+
+def test_reconstruction_check_under_autocast_measures_what_training_runs():
+    # The transitions hand bf16 maps to the stacks under autocast; training promotes
+    # them to float32 streams, and the check must measure that, not bf16 streams.
+    torch.manual_seed(0)
+    model = tiny(drop_path_rate=0.1).train()
+    inputs = {}
+    model.stages[1].blocks.register_forward_hook(
+        lambda stack, args, out: inputs.setdefault('streams', args))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 32, 32))
+        assert inputs['streams'][0].dtype == torch.bfloat16
+        _, rel_err = reconstruction_errors(model.stages[1].blocks, *inputs['streams'])
+    assert rel_err < 1e-5

@@ -5,12 +5,12 @@ backward, each block recomputes its inputs from its outputs, backpropagates thro
 itself, and hands the recomputed inputs down to the block below as that block's outputs.
 Activation memory therefore does not grow with depth.
 """
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .coupling import ReversibleBlock, Streams
+from .coupling import BlockRecord, ReversibleBlock, Streams
 
 
 class _ReversibleBlockFunction(torch.autograd.Function):
@@ -65,15 +65,28 @@ class ReversibleSequence(nn.ModuleList):
         super().__init__(blocks)
         self.reversible = reversible
 
-    def forward(self, x1: Tensor, x2: Tensor) -> Streams:
+    @staticmethod
+    def input_streams(x1: Tensor, x2: Tensor) -> Streams:
+        """The streams as the blocks take them: in float32 (or wider) under autocast,
+        since the inverse, Y1 - F(X2), undoes a block exactly only if its outputs were
+        not rounded to half precision."""
         if torch.is_autocast_enabled(x1.device.type):
-            # Keep the streams in float32 under autocast: the inverse, Y1 - F(X2), undoes
-            # a block exactly only if its outputs were not rounded to half precision.
-            x1, x2 = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (x1, x2))
+            return tuple(x.to(torch.promote_types(x.dtype, torch.float32))
+                         for x in (x1, x2))
+        return x1, x2
+
+    def run(self, x1: Tensor, x2: Tensor, records: Optional[List[BlockRecord]] = None
+            ) -> Streams:
+        """The blocks one after the other under ordinary autograd, each appending its
+        record to ``records`` if it is a list."""
+        for block in self:
+            x1, x2 = block(x1, x2, records)
+        return x1, x2
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Streams:
+        x1, x2 = self.input_streams(x1, x2)
         if not (self.reversible and self.training and torch.is_grad_enabled()):
-            for block in self:
-                x1, x2 = block(x1, x2)
-            return x1, x2
+            return self.run(x1, x2)
         handoff = []
         for i, block in enumerate(self):
             x1, x2 = _ReversibleBlockFunction.apply(

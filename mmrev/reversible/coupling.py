@@ -5,10 +5,10 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .recomputation import Grads, recompute_vjp, trainable_parameters
 from .replay import ForwardState
 
 Streams = Tuple[Tensor, Tensor]
-Grads = List[Optional[Tensor]]
 
 
 class BlockRecord(NamedTuple):
@@ -39,36 +39,6 @@ def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor
     if mask is not None:
         branch.mul_(mask)
     return torch.add(stream, branch, alpha=alpha, out=branch)
-
-
-def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def _recompute_vjp(fn: nn.Module, x: Tensor, dy: Tensor, state: ForwardState,
-                   chunks: int = 1) -> Tuple[Tensor, Tensor, Grads]:
-    """Rerun ``fn(x)`` as in the forward and backpropagate ``dy`` through it.
-
-    Returns ``fn(x)``, the gradient of ``x`` and the gradients of
-    ``trainable_parameters(fn)`` (not accumulated into ``.grad``: the caller hands them
-    to autograd). With ``chunks > 1`` the rerun is split along dim 1, which bounds its
-    activation memory.
-    """
-    params = trainable_parameters(fn)
-    outs, dxs, param_grads = [], [], [None] * len(params)
-    for x_part, dy_part in zip(x.chunk(chunks, 1), dy.chunk(chunks, 1)):
-        x_part = x_part.detach().requires_grad_()
-        with torch.enable_grad(), state.replay():
-            out = fn(x_part)
-        dx, *grads = torch.autograd.grad(
-            out, [x_part, *params], dy_part.to(out.dtype), allow_unused=True)
-        outs.append(out.detach())
-        dxs.append(dx)
-        param_grads = [total if grad is None else grad if total is None else total + grad
-                       for total, grad in zip(param_grads, grads)]
-    if chunks == 1:
-        return outs[0], dxs[0], param_grads
-    return torch.cat(outs, 1), torch.cat(dxs, 1), param_grads
 
 
 class ReversibleBlock(nn.Module):
@@ -143,13 +113,15 @@ class ReversibleBlock(nn.Module):
         """From outputs and their gradients, return the inputs, their gradients and
         the gradients of :meth:`trainable_parameters`."""
         mask = record.keep_mask
-        g_y1, dy1_through_g, g_grads = _recompute_vjp(
-            self.g, y1, _scale(dy2, mask), record.g_state, self.g_chunks)
+        (g_y1, ), (dy1_through_g, ), g_grads = recompute_vjp(
+            self.g, [y1], [_scale(dy2, mask)], record.g_state,
+            trainable_parameters(self.g), self.g_chunks)
         x2 = _add(y2, g_y1, mask, y1, alpha=-1)
         dx1 = _add(dy1, dy1_through_g, None, dy2)
         del g_y1, dy1_through_g  # unless reused by the sums: free before F's rerun, the peak
-        f_x2, dx2_through_f, f_grads = _recompute_vjp(
-            self.f, x2, _scale(dx1, mask), record.f_state)
+        (f_x2, ), (dx2_through_f, ), f_grads = recompute_vjp(
+            self.f, [x2], [_scale(dx1, mask)], record.f_state,
+            trainable_parameters(self.f))
         x1 = _add(y1, f_x2, mask, x2, alpha=-1)
         dx2 = _add(dy2, dx2_through_f, None, dx1)
         return x1, x2, dx1, dx2, f_grads + g_grads

@@ -58,16 +58,16 @@ def reconstruction_errors(sequence: ReversibleSequence, x1: Tensor,
                           x2: Tensor) -> Tuple[float, float]:
     """Max absolute and relative error of the input streams recomputed from the outputs.
 
-    Runs the stack forward, recording each sub-function's RNG and autocast state, then
-    inverts it block by block replaying those states, as reversible backprop does in
-    backward. The relative error is divided by the largest input magnitude; both are NaN
-    if the recomputation produced NaN.
+    Runs the stack forward as in training (streams in float32 under autocast),
+    recording each sub-function's RNG and autocast state, then inverts it block by block
+    replaying those states, as reversible backprop does in backward. The relative error
+    is divided by the largest input magnitude; both are NaN if the recomputation
+    produced NaN.
     """
     states = []
+    x1, x2 = sequence.input_streams(x1, x2)
     with torch.random.fork_rng(devices=[x1.device] if x1.is_cuda else []):
-        y1, y2 = x1, x2
-        for block in sequence:
-            y1, y2 = block(y1, y2, states)
+        y1, y2 = sequence.run(x1, x2, states)
     for i in reversed(range(len(sequence))):
         y1, y2 = sequence[i].inverse(y1, y2, states[i])
     # torch's max propagates NaN (Python's max would not)

@@ -1,13 +1,23 @@
-"""Training memory, training step time and eval throughput of RevViT and its alternatives.
+"""Training memory, training step time and eval throughput of mmrev's backbones and the
+alternatives a user would pick instead.
 
-For every depth x batch size x image size, at the same width, it compares:
+``--model revvit`` compares, for every depth x batch size x image size, at the same width:
 
-    mmrev-rev          mmrev RevViT with reversible backprop
-    mmrev-ordinary     the same blocks, ordinary backprop (``reversible=False``)
-    mmrev-ckpt         the same blocks, ordinary backprop, each block under
-                       ``torch.utils.checkpoint`` (non-reentrant)
-    mmpretrain-revvit  mmpretrain's ``RevVisionTransformer``
-    mmpretrain-vit     mmpretrain's ``VisionTransformer`` (class token, as users run it)
+    mmrev-rev             mmrev RevViT with reversible backprop
+    mmrev-ordinary        the same blocks, ordinary backprop (``reversible=False``)
+    mmrev-ckpt            the same blocks, ordinary backprop, each block under
+                          ``torch.utils.checkpoint`` (non-reentrant)
+    mmpretrain-revvit     mmpretrain's ``RevVisionTransformer``
+    mmpretrain-vit        mmpretrain's ``VisionTransformer`` (class token, as users run it)
+
+``--model revmvit`` (RevMViT; depth: its layers, the last transition moved with it):
+
+    mmrev-rev             mmrev RevMViT with reversible backprop
+    mmrev-ordinary        the same model, ordinary backprop
+    mmrev-ckpt            the same model, ordinary backprop, every reversible block and
+                          stage transition under ``torch.utils.checkpoint``
+    mmpretrain-mvit       mmpretrain's ``MViT`` (MViTv2, ``--mvit-arch``)
+    mmpretrain-mvit-ckpt  the same, each block under ``torch.utils.checkpoint``
 
 A training step is forward + backward of ``output.square().mean()``, gradients kept.
 
@@ -27,14 +37,18 @@ time, the median minor page faults of the step (``faults/step``, ``faults/eval``
 to the system since the last step.
 
 With two or more batch sizes it fits memory per image and, with ``--budget-mib``, the
-largest batch per case within that budget. At RevViT-S width, 224x224, batch 8 on CPU it
-also checks issue 10's targets and shows by how much each missed one is missed.
+largest batch per case within that budget. On CPU it checks the targets of the issues
+that set them (RevViT-S width at 224x224, batch 8: issue 10; RevMViT-B: issue 16) and
+shows by how much each missed one is missed.
 
-Example (the README's table)::
+Examples (the README's tables)::
 
     python tools/analysis_tools/benchmark_memory_speed.py --arch small \\
         --depths 12 24 48 --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu \\
         --steps 7 --mem-repeats 2 --out-dir docs/benchmark
+    python tools/analysis_tools/benchmark_memory_speed.py --model revmvit \\
+        --batch-sizes 2 4 --img-sizes 224 --threads 1 --clock cpu --steps 5 \\
+        --mem-repeats 2 --out-dir docs/benchmark/revmvit
 """
 import argparse
 import csv
@@ -53,56 +67,173 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CASES = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmpretrain-revvit', 'mmpretrain-vit')
-EVAL_CASES = ('mmrev-rev', 'mmpretrain-revvit', 'mmpretrain-vit')  # the others are the same
 MIB = 2**20
 
 
+def _checkpointed(module: nn.Module, *args):
+    return checkpoint(module, *args, use_reentrant=False)
+
+
 class CheckpointedBlock(nn.Module):
-    """Runs a two-stream block under non-reentrant ``torch.utils.checkpoint``."""
+    """Runs a block (any arguments and outputs) under non-reentrant
+    ``torch.utils.checkpoint``: what a user adds to save memory without reversibility."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        return checkpoint(self.block, x1, x2, use_reentrant=False)
+    def forward(self, *args):
+        return _checkpointed(self.block, *args)
 
 
-def revvit_kwargs(arch: str, config: str = None) -> dict:
-    """mmrev.RevViT keyword arguments (arch resolved to a dict) from an arch or a config."""
-    from mmrev.models import RevViT
-    kwargs = dict(arch=arch)
-    if config:
-        from mmengine.config import Config
-        backbone = Config.fromfile(config).model.backbone.to_dict()
-        if backbone.pop('type').split('.')[-1] != 'RevViT':
-            raise ValueError(f'{config}: model.backbone must be a RevViT to benchmark it')
-        backbone.pop('init_cfg', None)
-        kwargs = backbone
-    return dict(kwargs, arch=RevViT._parse_arch(kwargs.get('arch', 'base')))
+def _backbone_of_config(config: str, type_name: str) -> dict:
+    """``model.backbone`` of ``config`` as keyword arguments (no type, no init_cfg)."""
+    from mmengine.config import Config
+    backbone = Config.fromfile(config).model.backbone.to_dict()
+    if backbone.pop('type').split('.')[-1] != type_name:
+        raise ValueError(f'{config}: model.backbone must be a {type_name} to benchmark it')
+    backbone.pop('init_cfg', None)
+    return backbone
 
 
-def build_model(case: str, kwargs: dict, depth: int, img_size: int) -> nn.Module:
-    """The model of ``case`` with ``kwargs``'s width and ``depth`` blocks."""
-    from mmpretrain.models import RevVisionTransformer, VisionTransformer
+class Family:
+    """What is benchmarked: the cases, how each is built at a depth and image size, and
+    the targets the measurements are checked against."""
 
-    from mmrev.models import RevViT
-    arch = dict(kwargs['arch'], num_layers=depth)
-    if case.startswith('mmrev'):
-        model = RevViT(**dict(kwargs, arch=arch, img_size=img_size,
-                              reversible=case == 'mmrev-rev'))
-        if case == 'mmrev-ckpt':
-            for i, block in enumerate(model.layers):
-                model.layers[i] = CheckpointedBlock(block)
-    elif case in ('mmpretrain-revvit', 'mmpretrain-vit'):
+    cases: Tuple[str, ...] = ()
+    eval_cases: Tuple[str, ...] = ()  # the others compute the same eval
+    baseline: str = ''
+    default_arch: str = ''
+
+    def __init__(self, arch: str = None, config: str = None):
+        self.kwargs = self.backbone_kwargs(arch or self.default_arch, config)
+
+    def backbone_kwargs(self, arch: str, config: str = None) -> dict:
+        raise NotImplementedError
+
+    @property
+    def default_depths(self) -> List[int]:
+        raise NotImplementedError
+
+    def build(self, case: str, depth: int, img_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
+        return []
+
+    def check_case(self, case: str) -> None:
+        if case not in self.cases:
+            raise ValueError(f'Unknown case {case!r}; choose from {self.cases}')
+
+
+class RevViTFamily(Family):
+    """RevViT against ordinary backprop, per-block checkpointing, mmpretrain's
+    ``RevVisionTransformer`` and ``VisionTransformer`` (class token, as users run it),
+    at the same width; ``depth`` is the number of blocks."""
+
+    cases = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmpretrain-revvit',
+             'mmpretrain-vit')
+    eval_cases = ('mmrev-rev', 'mmpretrain-revvit', 'mmpretrain-vit')
+    baseline = 'mmpretrain-vit'
+    default_arch = 'small'
+    default_depths = [12, 24, 48]
+
+    def backbone_kwargs(self, arch: str, config: str = None) -> dict:
+        from mmrev.models import RevViT
+        kwargs = _backbone_of_config(config, 'RevViT') if config else dict(arch=arch)
+        return dict(kwargs, arch=RevViT._parse_arch(kwargs.get('arch', 'base')))
+
+    @property
+    def embed_dims(self) -> int:
+        return self.kwargs['arch']['embed_dims']
+
+    def build(self, case: str, depth: int, img_size: int) -> nn.Module:
+        from mmpretrain.models import RevVisionTransformer, VisionTransformer
+
+        from mmrev.models import RevViT
+        self.check_case(case)
+        arch = dict(self.kwargs['arch'], num_layers=depth)
+        if case.startswith('mmrev'):
+            model = RevViT(**dict(self.kwargs, arch=arch, img_size=img_size,
+                                  reversible=case == 'mmrev-rev'))
+            if case == 'mmrev-ckpt':
+                for i, block in enumerate(model.layers):
+                    model.layers[i] = CheckpointedBlock(block)
+            return model
         cls = RevVisionTransformer if case == 'mmpretrain-revvit' else VisionTransformer
-        same = {k: kwargs[k] for k in ('patch_size', 'drop_rate', 'drop_path_rate',
-                                       'qkv_bias') if k in kwargs}
-        model = cls(arch=arch, img_size=img_size, **same)
-    else:
-        raise ValueError(f'Unknown case {case!r}; choose from {CASES}')
-    return model
+        same = {k: self.kwargs[k] for k in ('patch_size', 'drop_rate', 'drop_path_rate',
+                                            'qkv_bias') if k in self.kwargs}
+        return cls(arch=arch, img_size=img_size, **same)
+
+    def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
+        return targets_in(rows, self.embed_dims, device)
+
+
+class RevMViTFamily(Family):
+    """RevMViT against ordinary backprop and per-block checkpointing (every reversible
+    block and stage transition) of the same model, and mmpretrain's ``MViT`` (MViTv2)
+    ordinary and with per-block checkpointing. ``depth``: RevMViT layers, the stage
+    transitions at layers 1, 3 and depth - 2 (``base``: 16 layers, 1, 3, 14); mmpretrain's
+    MViT keeps the depth of its arch (``--mvit-arch``)."""
+
+    cases = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmpretrain-mvit',
+             'mmpretrain-mvit-ckpt')
+    eval_cases = ('mmrev-rev', 'mmpretrain-mvit')
+    baseline = 'mmpretrain-mvit'
+    default_arch = 'base'
+
+    def __init__(self, arch: str = None, config: str = None, mvit_arch: str = 'base'):
+        super().__init__(arch, config)
+        self.mvit_arch = mvit_arch
+
+    def backbone_kwargs(self, arch: str, config: str = None) -> dict:
+        from mmrev.models import RevMViT
+        kwargs = _backbone_of_config(config, 'RevMViT') if config else dict(arch=arch)
+        for key in ('out_type', 'out_scales', 'frozen_stages', 'reversible'):
+            kwargs.pop(key, None)
+        return dict(kwargs, arch=RevMViT._parse_arch(kwargs.get('arch', 'base')))
+
+    @property
+    def default_depths(self) -> List[int]:
+        return [self.kwargs['arch']['num_layers']]
+
+    def arch_of_depth(self, depth: int) -> dict:
+        arch = self.kwargs['arch']
+        if depth == arch['num_layers']:
+            return arch
+        transitions = sorted(arch['transition_layers'])
+        return dict(arch, num_layers=depth,
+                    transition_layers=transitions[:-1] + [depth - 2])
+
+    def build(self, case: str, depth: int, img_size: int) -> nn.Module:
+        from mmpretrain.models import MViT
+
+        from mmrev.models import RevMViT
+        self.check_case(case)
+        if case.startswith('mmpretrain'):
+            model = MViT(arch=self.mvit_arch, img_size=img_size,
+                         drop_path_rate=self.kwargs.get('drop_path_rate', 0.))
+            if case == 'mmpretrain-mvit-ckpt':
+                for i, block in enumerate(model.blocks):
+                    model.blocks[i] = CheckpointedBlock(block)
+            return model
+        model = RevMViT(**dict(self.kwargs, arch=self.arch_of_depth(depth),
+                               img_size=img_size, reversible=case == 'mmrev-rev'))
+        if case == 'mmrev-ckpt':
+            for stage in model.stages:
+                if stage.transition is not None:
+                    stage.transition = CheckpointedBlock(stage.transition)
+                for i, block in enumerate(stage.blocks):
+                    stage.blocks[i] = CheckpointedBlock(block)
+        return model
+
+    def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
+        if device != 'cpu' or self.kwargs['arch']['embed_dims'] != 96:
+            return []
+        return check_revmvit_targets(rows, per_image)
+
+
+FAMILIES = {'revvit': RevViTFamily, 'revmvit': RevMViTFamily}
 
 
 def set_mode(model: nn.Module, training: bool) -> nn.Module:
@@ -178,14 +309,14 @@ def make_input(batch_size: int, img_size: int, device: str) -> torch.Tensor:
     return torch.randn(batch_size, 3, img_size, img_size, generator=generator).to(device)
 
 
-def build_models(cases, kwargs: dict, depth: int, img_size: int, device: str,
+def build_models(family: Family, cases, depth: int, img_size: int, device: str,
                  training: bool) -> Dict[str, nn.Module]:
     torch.manual_seed(0)
-    return {case: set_mode(build_model(case, kwargs, depth, img_size).to(device), training)
+    return {case: set_mode(family.build(case, depth, img_size).to(device), training)
             for case in cases}
 
 
-def worker(args, kwargs: dict) -> Dict[str, dict]:
+def worker(args, family: Family) -> Dict[str, dict]:
     """Child process: one task's figures, per case.
 
     ``memory:CASE:D:B:S``: :func:`step_memory` of one case. ``train:D:B:S``: the step
@@ -197,20 +328,20 @@ def worker(args, kwargs: dict) -> Dict[str, dict]:
     depth, batch_size, img_size = int(depth), int(batch_size), int(img_size)
     x = make_input(batch_size, img_size, args.device)
     clock = time.thread_time if args.clock == 'cpu' else time.perf_counter
-    eval_cases = [c for c in args.cases if c in EVAL_CASES]
+    eval_cases = [c for c in args.cases if c in family.eval_cases]
     if task == 'memory':
-        (model, ) = build_models(case, kwargs, depth, img_size, args.device, True).values()
+        (model, ) = build_models(family, case, depth, img_size, args.device, True).values()
         return {case[0]: step_memory(model, x, args.mem_repeats)}
     results = {}
     if task == 'train':
-        models = build_models(args.cases, kwargs, depth, img_size, args.device, True)
+        models = build_models(family, args.cases, depth, img_size, args.device, True)
         for case, (t, faults) in median_times(models, x, train_step, args.steps,
                                               args.warmup, clock).items():
             results[case] = dict(step_s=t, step_faults=faults)
         models = {c: set_mode(models[c], False) for c in eval_cases}
         key = 'eval_after_train'
     else:
-        models = build_models(eval_cases, kwargs, depth, img_size, args.device, False)
+        models = build_models(family, eval_cases, depth, img_size, args.device, False)
         key = 'eval'
     for case, (t, faults) in median_times(models, x, eval_step, args.steps, args.warmup,
                                           clock).items():
@@ -313,6 +444,21 @@ def format_per_image(fits: List[dict], budget_mib: float = None) -> str:
     return '\n'.join([title, *lines])
 
 
+def _ratio(numerator, denominator):
+    return numerator / denominator if numerator and denominator else None
+
+
+def _check(checks: List[dict], name: str, where: str, value, op: str,
+           limit: float) -> None:
+    """Append target ``name op limit`` at ``where`` (met, or by how much missed); left
+    out when ``value`` was not measured."""
+    if value is None:
+        return
+    shortfall = value / limit - 1 if op in ('<', '<=') else 1 - value / limit
+    checks.append(dict(target=f'{name} {op} {limit:g}', depth=where, value=value,
+                       met=shortfall <= 0, shortfall=max(shortfall, 0.)))
+
+
 # Issue 10's targets, defined for RevViT-S width (384) at 224x224, batch 8, on CPU.
 TARGET_SETTING = dict(embed_dims=384, batch_size=8, img_size=224, device='cpu')
 
@@ -327,36 +473,24 @@ def check_targets(rows: List[dict]) -> List[dict]:
     def get(case: str, key: str, depth: int):
         return at.get((case, depth), {}).get(key)
 
-    def ratio(numerator, denominator):
-        return numerator / denominator if numerator and denominator else None
-
-    checks = []
-
-    def check(name: str, depth: str, value, op: str, limit: float) -> None:
-        if value is None:
-            return
-        shortfall = value / limit - 1 if op == '<=' else 1 - value / limit
-        checks.append(dict(target=f'{name} {op} {limit:g}', depth=depth, value=value,
-                           met=shortfall <= 0, shortfall=max(shortfall, 0.)))
-
-    mem = 'extra_mem_mib'
-    check('mmrev-rev extra MiB', '24', get(rev, mem, 24), '<=', 55)
-    check('memory: mmpretrain-revvit / mmrev-rev', '24',
-          ratio(get(mmpretrain_rev, mem, 24), get(rev, mem, 24)), '>=', 1.25)
-    check('memory: mmpretrain-vit / mmrev-rev', '24',
-          ratio(get(vit, mem, 24), get(rev, mem, 24)), '>=', 16)
+    checks, mem = [], 'extra_mem_mib'
+    _check(checks, 'mmrev-rev extra MiB', '24', get(rev, mem, 24), '<=', 55)
+    _check(checks, 'memory: mmpretrain-revvit / mmrev-rev', '24',
+           _ratio(get(mmpretrain_rev, mem, 24), get(rev, mem, 24)), '>=', 1.25)
+    _check(checks, 'memory: mmpretrain-vit / mmrev-rev', '24',
+           _ratio(get(vit, mem, 24), get(rev, mem, 24)), '>=', 16)
     if len(depths) > 1:
-        check('memory: deepest / shallowest', f'{depths[-1]}/{depths[0]}',
-              ratio(get(rev, mem, depths[-1]), get(rev, mem, depths[0])), '<=', 1.05)
+        _check(checks, 'memory: deepest / shallowest', f'{depths[-1]}/{depths[0]}',
+               _ratio(get(rev, mem, depths[-1]), get(rev, mem, depths[0])), '<=', 1.05)
     for depth in depths:
-        check('step: mmrev-rev / mmpretrain-vit', str(depth),
-              ratio(get(rev, 'step_s', depth), get(vit, 'step_s', depth)), '<=', 1.25)
-        check('step: mmpretrain-revvit / mmrev-rev', str(depth),
-              ratio(get(mmpretrain_rev, 'step_s', depth), get(rev, 'step_s', depth)), '>=',
-              1.05)
-        check('eval: mmrev-rev / mmpretrain-vit', str(depth),
-              ratio(get(rev, 'eval_img_s', depth), get(vit, 'eval_img_s', depth)), '>=',
-              1.05)
+        _check(checks, 'step: mmrev-rev / mmpretrain-vit', str(depth),
+               _ratio(get(rev, 'step_s', depth), get(vit, 'step_s', depth)), '<=', 1.25)
+        _check(checks, 'step: mmpretrain-revvit / mmrev-rev', str(depth),
+               _ratio(get(mmpretrain_rev, 'step_s', depth), get(rev, 'step_s', depth)),
+               '>=', 1.05)
+        _check(checks, 'eval: mmrev-rev / mmpretrain-vit', str(depth),
+               _ratio(get(rev, 'eval_img_s', depth), get(vit, 'eval_img_s', depth)),
+               '>=', 1.05)
     return checks
 
 
@@ -368,12 +502,40 @@ def targets_in(rows: List[dict], embed_dims: int, device: str) -> List[dict]:
                           and r['img_size'] == TARGET_SETTING['img_size']])
 
 
-def format_targets(checks: List[dict]) -> str:
-    lines = [f"{c['target']:<45} depth {c['depth']:>5}  {c['value']:8.2f}  "
+def check_revmvit_targets(rows: List[dict], per_image: List[dict]) -> List[dict]:
+    """Issue 16's targets for RevMViT-B on CPU: memory per image at 224 (a fit over
+    batch sizes), memory at 1024x1024 batch 1 and the step time against ordinary
+    backprop at 224 (at every batch size run)."""
+    rev, ordinary, ckpt = 'mmrev-rev', 'mmrev-ordinary', 'mmpretrain-mvit-ckpt'
+    fit = {(f['case'], f['img_size']): f['mib_per_image'] for f in per_image}
+    checks = []
+    _check(checks, 'mmrev-rev MiB per image', '224', fit.get((rev, 224)), '<=', 20)
+    _check(checks, 'per image: mmrev-rev / mmpretrain-mvit-ckpt', '224',
+           _ratio(fit.get((rev, 224)), fit.get((ckpt, 224))), '<=', 0.6)
+    _check(checks, 'per image: mmrev-ordinary / mmrev-rev', '224',
+           _ratio(fit.get((ordinary, 224)), fit.get((rev, 224))), '>=', 7)
+    at = {(r['case'], r['img_size'], r['batch_size']): r for r in rows}
+
+    def get(case: str, img_size: int, batch_size: int, key: str):
+        return at.get((case, img_size, batch_size), {}).get(key)
+
+    mem = 'extra_mem_mib'
+    _check(checks, 'memory: mmrev-ordinary / mmrev-rev', '1024 b1',
+           _ratio(get(ordinary, 1024, 1, mem), get(rev, 1024, 1, mem)), '>=', 5)
+    _check(checks, 'memory: mmpretrain-mvit-ckpt / mmrev-rev', '1024 b1',
+           _ratio(get(ckpt, 1024, 1, mem), get(rev, 1024, 1, mem)), '>', 1)
+    for batch_size in sorted({r['batch_size'] for r in rows if r['img_size'] == 224}):
+        _check(checks, 'step: mmrev-rev / mmrev-ordinary', f'224 b{batch_size}',
+               _ratio(get(rev, 224, batch_size, 'step_s'),
+                      get(ordinary, 224, batch_size, 'step_s')), '<=', 1.4)
+    return checks
+
+
+def format_targets(checks: List[dict], title: str) -> str:
+    lines = [f"{c['target']:<45} {c['depth']:>8}  {c['value']:8.2f}  "
              + ('met' if c['met'] else f"MISSED by {100 * c['shortfall']:.1f}%")
              for c in checks]
-    setting = ', '.join(f'{k}={v}' for k, v in TARGET_SETTING.items())
-    return '\n'.join([f'Issue 10 targets ({setting}):', *lines])
+    return '\n'.join([title, *lines])
 
 
 COLUMNS = (('depth', 'depth', '{:d}'), ('batch_size', 'batch', '{:d}'),
@@ -400,7 +562,7 @@ def format_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def plot(rows: List[dict], path: str) -> None:
+def plot(rows: List[dict], cases: List[str], path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -408,7 +570,7 @@ def plot(rows: List[dict], path: str) -> None:
     settings = sorted({(r['batch_size'], r['img_size']) for r in rows})
     for key, ax, label in (('extra_mem_mib', axes[0], 'extra training memory (MiB)'),
                            ('step_s', axes[1], 'training step time (s)')):
-        for case, (batch_size, img_size) in itertools.product(CASES, settings):
+        for case, (batch_size, img_size) in itertools.product(cases, settings):
             points = sorted((r['depth'], r[key]) for r in rows if r['case'] == case and
                             (r['batch_size'], r['img_size']) == (batch_size, img_size)
                             and key in r)
@@ -425,13 +587,19 @@ def plot(rows: List[dict], path: str) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', default='small', help='RevViT arch (ignored with --config)')
-    parser.add_argument('--config', help='a config whose model.backbone is a RevViT')
-    parser.add_argument('--depths', type=int, nargs='+', default=[12, 24, 48])
+    parser.add_argument('--model', choices=FAMILIES, default='revvit',
+                        help='the model family: its cases, default arch and depths')
+    parser.add_argument('--arch', help="the mmrev arch (default: revvit 'small', revmvit "
+                        "'base'; ignored with --config)")
+    parser.add_argument('--config', help='a config whose model.backbone is of --model')
+    parser.add_argument('--mvit-arch', default='base',
+                        help="--model revmvit: the arch of mmpretrain's MViT compared")
+    parser.add_argument('--depths', type=int, nargs='+',
+                        help='default: revvit 12 24 48, revmvit its arch depth')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[8])
     parser.add_argument('--img-sizes', type=int, nargs='+', default=[224])
-    parser.add_argument('--cases', nargs='+', default=list(CASES), choices=CASES)
-    parser.add_argument('--baseline', default='mmpretrain-vit', choices=CASES)
+    parser.add_argument('--cases', nargs='+', help='default: all cases of --model')
+    parser.add_argument('--baseline', help="default: mmpretrain's model of the family")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--steps', type=int, default=5, help='timed steps per case')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps per case')
@@ -451,15 +619,29 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def make_family(args) -> Family:
+    """The family of ``args.model``; fills in the defaults of the family's cases,
+    baseline and depths, and checks the ones given."""
+    cls = FAMILIES[args.model]
+    extra = dict(mvit_arch=args.mvit_arch) if cls is RevMViTFamily else {}
+    family = cls(args.arch, args.config, **extra)
+    args.cases = args.cases or list(family.cases)
+    args.baseline = args.baseline or family.baseline
+    args.depths = args.depths or family.default_depths
+    for case in args.cases + [args.baseline]:
+        family.check_case(case)
+    return family
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.argv = argv
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = revvit_kwargs(args.arch, args.config)
+    family = make_family(args)
     if args.worker:
-        print(json.dumps(worker(args, kwargs)))
+        print(json.dumps(worker(args, family)))
         return
     load_before = os.getloadavg()
     rows = benchmark(args)
@@ -467,16 +649,16 @@ def main(argv=None):
     per_image = per_image_memory(rows, args.budget_mib)
     if per_image:
         print(format_per_image(per_image, args.budget_mib))
-    targets = targets_in(rows, kwargs['arch']['embed_dims'], args.device)
+    targets = family.targets(rows, per_image, args.device)
     if targets:
-        print(format_targets(targets))
+        print(format_targets(targets, f'Targets of {args.model} ({args.device}):'))
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, 'benchmark_memory_speed')
     meta = dict(command=' '.join(['python', sys.argv[0], *argv]), device=args.device,
                 threads=torch.get_num_threads(), torch=torch.__version__,
                 date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),
-                arch=kwargs['arch'])
+                model=args.model, arch=family.kwargs['arch'])
     with open(stem + '.json', 'w') as f:
         json.dump(dict(meta=meta, rows=rows, per_image=per_image, targets=targets), f,
                   indent=1)
@@ -484,7 +666,7 @@ def main(argv=None):
         writer = csv.DictWriter(f, [key for key, _, _ in COLUMNS] + ['rest_mem_mib'])
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, stem + '.png')
+    plot(rows, args.cases, stem + '.png')
     print(f'Results in {stem}.json, .csv and .png', file=sys.stderr)
 
 

@@ -20,9 +20,11 @@ Parameter names follow SlowFast's. A SlowFast ``model_state`` maps one-to-one on
   ``head.projection.*`` belongs to the classifier head (mmpretrain: ``head.fc.*``).
 """
 import math
+import re
 from collections import OrderedDict
+from functools import partial
 from numbers import Number
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmcv.cnn.bricks import DropPath
@@ -30,7 +32,14 @@ from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
 
 from mmrev.registry import MODELS
-from mmrev.reversible import ReversibleBlock, ReversibleSequence
+from mmrev.reversible import (
+    ReversibleBlock,
+    ReversibleSequence,
+    call,
+    recompute,
+    trainable_parameters,
+)
+from mmrev.reversible.coupling import Streams
 
 from ..layers import (
     Mlp,
@@ -52,7 +61,7 @@ def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
 
 def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                    pool_kernel: int, stride_kv: int, drop_path_rate: float,
-                   norm_cfg: dict) -> ReversibleBlock:
+                   norm_cfg: dict, mlp_chunks: int = 1) -> ReversibleBlock:
     """``Y1 = X1 + D * PoolAttn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
     block's stochastic depth (one mask for both branches, as SlowFast); k and v pooled
     with ``stride_kv``, q not pooled (the grid is kept)."""
@@ -63,7 +72,7 @@ def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bo
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
         mlp=Mlp(channels, int(channels * mlp_ratio))))
-    return ReversibleBlock(f, g, drop_path_rate)
+    return ReversibleBlock(f, g, drop_path_rate, mlp_chunks)
 
 
 class StageTransition(nn.Module):
@@ -87,13 +96,17 @@ class StageTransition(nn.Module):
         res_path (str): ``'conv'`` or ``'max'``.
         drop_path_rate (float): stochastic depth of the whole block.
         norm_cfg (dict): normalisation layers.
+        fusion_chunks (int): the chunks in which the fusion, which acts on each token
+            alone, reruns when run through :func:`~mmrev.reversible.recompute`.
+            Defaults to 1.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_heads: int,
                  mlp_ratio: float, qkv_bias: bool, pool_kernel: int, stride_q: int,
                  stride_kv: int, fusion: str, res_path: str, drop_path_rate: float,
-                 norm_cfg: dict):
+                 norm_cfg: dict, fusion_chunks: int = 1):
         super().__init__()
+        self.fusion_chunks = fusion_chunks
         self.pre_q_fuse = TwoStreamFusion(fusion, in_channels)
         fused = TwoStreamFusion.out_channels(fusion, in_channels)
         self.res_proj = nn.Linear(fused, out_channels) if fused != out_channels else None
@@ -113,30 +126,63 @@ class StageTransition(nn.Module):
             mlp=Mlp(out_channels, int(out_channels * mlp_ratio))))
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pre_q_fuse(x)
+    def forward(self, x1: Tensor, x2: Tensor, run: Callable = call) -> Tensor:
+        """The fused, downsampled map of the streams ``x1``, ``x2``.
+
+        Computed as a chain of parts, each called through ``run`` (e.g.
+        :func:`~mmrev.reversible.recompute`, so that each keeps only its inputs; the
+        fusion gets ``fusion_chunks``): the fusion; per projection
+        (q, k, v) the norm, projection and pooling; the residual; the attention; the
+        MLP with drop path.
+        """
+        params = trainable_parameters(self)  # each part gets gradients of its own
+        x = run(self.pre_q_fuse, x1, x2, params=params, chunks=self.fusion_chunks)
+        q, k, v = (run(partial(self._pooled, name), x, params=params) for name in 'qkv')
+        res = run(self._residual, x, params=params)
+        x = run(self._attend, q, k, v, res, params=params)
+        return run(self._mlp, x, params=params)
+
+    def _pooled(self, name: str, x: Tensor) -> Tensor:
+        return self.f.attn.pooled(name, self.f.norm(x))
+
+    def _residual(self, x: Tensor) -> Tensor:
         res = x if self.res_proj is None else self.res_proj(x)
         if self.pool_skip is None:
-            res = self.f.attn.pool_q_map(res)
-        else:
-            res = self.pool_skip(res.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = res + self.f(x)
+            return self.f.attn.pool_q_map(res)
+        return self.pool_skip(res.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, res: Tensor) -> Tensor:
+        return res + self.f.attn.attend(q, k, v)
+
+    def _mlp(self, x: Tensor) -> Tensor:
         return self.drop_path(x + self.g(x))
 
 
 class RevMViTStage(nn.Module):
     """An optional stage transition, then a reversible stack whose two streams start as
-    copies of its input; returns the stack's ``[Y1, Y2]`` concatenation."""
+    copies of the transition's output (of the stage's input without one).
+
+    While the stack trains with reversible backprop, the transition's parts (and the
+    stage's output norm) keep only their inputs and rerun in backward
+    (:func:`~mmrev.reversible.recompute`): the stage keeps for backward its output
+    streams and a few maps at the transition's resolution, whatever its depth.
+    """
 
     def __init__(self, transition: Optional[StageTransition], blocks: ReversibleSequence):
         super().__init__()
         self.transition = transition
         self.blocks = blocks
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def run(self) -> Callable:
+        """How the non-reversible parts run: :func:`recompute` while the stack trains
+        reversibly, else :func:`call`."""
+        return recompute if self.blocks.reversible and self.training else call
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Streams:
         if self.transition is not None:
-            x = self.transition(x)
-        return torch.cat(self.blocks(x, x), dim=-1)
+            x1 = x2 = self.transition(x1, x2, self.run)
+        return self.blocks(x1, x2)
 
 
 @MODELS.register_module()
@@ -176,11 +222,18 @@ class RevMViT(ReversibleBackbone):
             ``'featmap'``: (B, 2C, H, W); ``'raw'``: (B, H*W, 2C).
             Defaults to ``'avg_featmap'``.
         out_scales (int | Sequence[int]): the stages to output (negative: from the
-            end). Defaults to -1, the last stage.
+            end). Stages after the last one output are not built (their weights in a
+            checkpoint are skipped when loading). Defaults to -1, the last stage.
         frozen_stages (int): -1: nothing frozen; 0: patch and position embedding;
             k > 0: also stages 0 to k-1 and their output norms. Defaults to -1.
-        reversible (bool): reversible backprop in training inside each stack; False:
-            ordinary backprop, with the same gradients. Defaults to True.
+        reversible (bool): reversible backprop in training: the stacks recompute their
+            inputs from their outputs, the stage transitions and output norms rerun
+            from their inputs, in backward; False: ordinary backprop, with the same
+            gradients. Defaults to True.
+        mlp_chunks (int): split the backward reruns of the token-wise parts at the
+            patch resolution (the MLPs of stage 0, the fusion of the first
+            transition), the largest ones, over this many chunks of rows, which cuts
+            the peak training memory. Defaults to 1.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
         init_cfg (dict | list, optional): initialisation config.
     """
@@ -202,6 +255,7 @@ class RevMViT(ReversibleBackbone):
                  out_scales: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
                  reversible: bool = True,
+                 mlp_chunks: int = 1,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=[
                      dict(type='TruncNormal', layer=['Linear', 'Conv2d'], std=.02,
@@ -239,7 +293,7 @@ class RevMViT(ReversibleBackbone):
                       pool_kernel=arch['pool_kernel'], norm_cfg=norm_cfg)
         self.stages = nn.ModuleList()
         self.stage_channels: List[int] = []
-        for s in range(num_stages):
+        for s in range(self.out_scales[-1] + 1):  # none after the last output
             first, transition = bounds[s], None
             if s > 0:
                 num_heads = round_width(num_heads, head_muls[s - 1])
@@ -249,16 +303,18 @@ class RevMViT(ReversibleBackbone):
                     2 * channels, out_channels, num_heads, stride_q=q_strides[s - 1],
                     stride_kv=stride_kv, fusion=arch['pre_q_fusion'],
                     res_path=arch['res_path'], drop_path_rate=drop_path_rates[first],
-                    **common)
+                    fusion_chunks=mlp_chunks if s == 1 else 1, **common)
                 channels, first = out_channels, first + 1
             blocks = ReversibleSequence([
                 rev_mvit_block(channels, num_heads, stride_kv=stride_kv,
-                               drop_path_rate=drop_path_rates[i], **common)
+                               drop_path_rate=drop_path_rates[i],
+                               mlp_chunks=mlp_chunks if s == 0 else 1, **common)
                 for i in range(first, bounds[s + 1])
             ], reversible=reversible)
             self.stages.append(RevMViTStage(transition, blocks))
             self.stage_channels.append(2 * channels)
-        self.total_stride = arch['patch_stride'] * math.prod(q_strides)
+        self.total_stride = arch['patch_stride'] * math.prod(q_strides[:len(self.stages) - 1])
+        self._register_load_state_dict_pre_hook(self._drop_unbuilt_keys)
         for s in self.out_scales:
             self.add_module(f'norm{s}', build_norm_layer(norm_cfg, self.stage_channels[s]))
         self._freeze_stages()
@@ -302,6 +358,15 @@ class RevMViT(ReversibleBackbone):
                              f'{num_stages - 1}], got {out_scales!r}')
         return tuple(sorted({s % num_stages for s in out_scales}))
 
+    def _drop_unbuilt_keys(self, state_dict: dict, prefix: str, *args) -> None:
+        """``load_state_dict`` pre-hook: skip the weights of stages after the last
+        output scale, which are not built, and their output norms."""
+        unbuilt = re.compile(re.escape(prefix) + r'(stages\.(\d+)|norm(\d+))\.')
+        for key in list(state_dict):
+            match = unbuilt.match(key)
+            if match and int(match.group(2) or match.group(3)) >= len(self.stages):
+                del state_dict[key]
+
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
             return []
@@ -316,10 +381,17 @@ class RevMViT(ReversibleBackbone):
         return x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.embed(x)
+        x1 = x2 = self.embed(x)
         outs = []
-        for s, stage in enumerate(self.stages[:self.out_scales[-1] + 1]):
-            x = stage(x)
+        for s, stage in enumerate(self.stages):
+            x1, x2 = stage(x1, x2)
             if s in self.out_scales:
-                outs.append(self._format(getattr(self, f'norm{s}')(x)))
+                norm = getattr(self, f'norm{s}')
+                outs.append(self._format(stage.run(
+                    partial(_norm_of_concat, norm), x1, x2,
+                    params=trainable_parameters(norm))))
         return tuple(outs)
+
+
+def _norm_of_concat(norm: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
+    return norm(torch.cat([x1, x2], dim=-1))

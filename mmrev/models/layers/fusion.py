@@ -1,4 +1,4 @@
-"""Lateral fusion of two equal-width streams given as one channel concatenation."""
+"""Lateral fusion of two equal-width streams."""
 import re
 
 import torch
@@ -16,11 +16,12 @@ _CONCAT_LINEAR = re.compile(r'concat_linear(?:_(\d+(?:\.\d*)?))?')
 
 
 class TwoStreamFusion(nn.Module):
-    """Fuse ``x = [x1, x2]`` (2C channels, last dim) as SlowFast's ``TwoStreamFusion``.
+    """Fuse two streams of C channels (last dim) as SlowFast's ``TwoStreamFusion`` fuses
+    their concatenation ``x = [x1, x2]``.
 
-    Modes: ``'add'``, ``'max'``, ``'min'``, ``'avg'``: element-wise over the two halves,
-    giving C channels; ``'concat'``: ``x`` unchanged (2C); ``'concat_linear_<r>'``:
-    ``x + MLP(x)`` with an MLP 2C -> int(2C * r) -> 2C (``'concat_linear'``: r = 1).
+    Modes: ``'add'``, ``'max'``, ``'min'``, ``'avg'``: element-wise over the two streams,
+    giving C channels; ``'concat'``: ``x`` (2C); ``'concat_linear_<r>'``: ``x + MLP(x)``
+    with an MLP 2C -> int(2C * r) -> 2C (``'concat_linear'``: r = 1).
 
     Args:
         mode (str): the fusion mode.
@@ -44,9 +45,8 @@ class TwoStreamFusion(nn.Module):
         """Channels of the fused output for the 2C-wide ``channels``."""
         return channels // 2 if mode in _REDUCTIONS else channels
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         if self.mode in _REDUCTIONS:
-            return _REDUCTIONS[self.mode](*x.chunk(2, dim=-1))
-        if self.mode == 'concat':
-            return x
-        return x + self.mlp(x)
+            return _REDUCTIONS[self.mode](x1, x2)
+        x = torch.cat([x1, x2], dim=-1)
+        return x if self.mode == 'concat' else x + self.mlp(x)

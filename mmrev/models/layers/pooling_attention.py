@@ -5,21 +5,26 @@ import torch.nn.functional as F
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor, nn
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
-def pool_heads(x: Tensor, pool: Optional[nn.Module], norm: Optional[nn.Module],
+
+def pool_heads(x: Tensor, pool: Optional[nn.Conv2d], norm: Optional[nn.Module],
                num_heads: int) -> Tensor:
-    """Pool a token map (B, H, W, C) per head: ``pool`` sees (B * heads, C / heads, H, W),
-    ``norm`` normalises each head's C / heads channels. Identity when ``pool`` is None."""
+    """Pool a token map (B, *grid, C) per head with the depthwise convolution ``pool``
+    (C / heads channels, the same kernels for every head), then normalise each head's
+    C / heads channels with ``norm``. Identity when ``pool`` is None.
+
+    The map is convolved as the channels-last view (B, C, *grid) it already is, with
+    ``pool``'s kernels repeated over the heads: no copy of the map is made (or kept for
+    backward)."""
     if pool is None:
         return x
-    B, H, W, C = x.shape
-    x = x.reshape(B, H, W, num_heads, C // num_heads).permute(0, 3, 4, 1, 2)
-    x = pool(x.reshape(B * num_heads, C // num_heads, H, W))
-    H, W = x.shape[-2:]
-    x = x.reshape(B, num_heads, C // num_heads, H, W).permute(0, 3, 4, 1, 2)
+    weight = pool.weight.repeat(num_heads, *[1] * (pool.weight.ndim - 1))
+    x = _CONV[x.ndim - 2](x.movedim(-1, 1), weight, None, pool.stride, pool.padding,
+                          groups=x.shape[-1]).movedim(1, -1)
     if norm is not None:
-        x = norm(x)
-    return x.reshape(B, H, W, C)
+        x = norm(x.unflatten(-1, (num_heads, -1))).flatten(-2)
+    return x
 
 
 class PoolingAttention(nn.Module):
@@ -68,12 +73,19 @@ class PoolingAttention(nn.Module):
         residual of RevMViT reuses q's pooling)."""
         return pool_heads(x, self.pool_q, self.norm_q, self.num_heads)
 
-    def forward(self, x: Tensor) -> Tensor:
-        q = self.pool_q_map(self.q(x))
-        k = pool_heads(self.k(x), self.pool_k, self.norm_k, self.num_heads)
-        v = pool_heads(self.v(x), self.pool_v, self.norm_v, self.num_heads)
+    def pooled(self, name: str, x: Tensor) -> Tensor:
+        """The pooled (and normalised) projection ``name`` (``'q'``, ``'k'`` or
+        ``'v'``) of ``x``."""
+        return pool_heads(getattr(self, name)(x), getattr(self, f'pool_{name}'),
+                          getattr(self, f'norm_{name}'), self.num_heads)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Multi-head attention of pooled maps; the output has q's grid."""
         B, H, W, C = q.shape
         q, k, v = (t.flatten(1, 2).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
                    for t in (q, k, v))
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attend(*(self.pooled(name, x) for name in 'qkv'))

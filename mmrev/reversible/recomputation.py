@@ -1,0 +1,121 @@
+"""Recompute in backward: the vector-Jacobian product of a rerun, and a checkpointed call.
+
+Both rerun a function under the state its forward ran under (:class:`ForwardState`: RNG
+and autocast), so the rerun draws the same random numbers and computes the same values.
+:func:`recompute_vjp` is the backward step of every reversible block;
+:func:`recompute` runs a non-invertible function (a RevMViT stage transition) so that
+only its inputs are kept for backward.
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .replay import ForwardState
+
+Grads = List[Optional[Tensor]]
+
+
+def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
+    """The parameters of ``module`` that require grad, in ``parameters()`` order."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _as_tuple(x) -> tuple:
+    return x if isinstance(x, tuple) else (x, )
+
+
+def _sum(total: Optional[Tensor], part: Optional[Tensor]) -> Optional[Tensor]:
+    """``total + part`` (None counts as 0), into ``total``, a gradient of our own."""
+    return part if total is None else total if part is None else total.add_(part)
+
+
+def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
+                  grad_outputs: Sequence[Optional[Tensor]], state: ForwardState,
+                  params: Sequence[Tensor], chunks: int = 1
+                  ) -> Tuple[Tuple[Tensor, ...], Grads, Grads]:
+    """Rerun ``fn(*inputs)`` under ``state`` and backpropagate ``grad_outputs``.
+
+    Returns the outputs (detached), the gradients of ``inputs`` and of ``params`` (None
+    where the output does not depend on them). The parameters' gradients are returned,
+    not accumulated into ``.grad``. With ``chunks > 1`` the rerun is split into chunks
+    along dim 1 of every input and output, which bounds its activation memory; exact
+    for a ``fn`` that acts on each position of dim 1 separately and draws no
+    per-element random numbers.
+    """
+    params = list(params)
+    outputs, input_grads, param_grads = [], [], [None] * len(params)
+    parts = [x.chunk(chunks, 1) for x in inputs]
+    grad_parts = [g.chunk(chunks, 1) if g is not None else [None] * chunks
+                  for g in grad_outputs]
+    for i in range(len(parts[0])):
+        xs = [part[i].detach().requires_grad_() for part in parts]
+        with torch.enable_grad(), state.replay():
+            out = _as_tuple(fn(*xs))
+        pairs = [(o, g[i].to(o.dtype)) for o, g in zip(out, grad_parts)
+                 if g[i] is not None and o.requires_grad]
+        grads = torch.autograd.grad([o for o, _ in pairs], [*xs, *params],
+                                    [g for _, g in pairs], allow_unused=True) if pairs else (
+            [None] * (len(xs) + len(params)))
+        input_grads.append(grads[:len(xs)])
+        param_grads = [_sum(total, grad) for total, grad in zip(param_grads, grads[len(xs):])]
+        outputs.append([o.detach() for o in out])
+    if len(outputs) == 1:
+        return tuple(outputs[0]), input_grads[0], param_grads
+    cat = [torch.cat(parts, 1) if all(p is not None for p in parts) else None
+           for parts in zip(*input_grads)]
+    return tuple(torch.cat(parts, 1) for parts in zip(*outputs)), cat, param_grads
+
+
+class _Recompute(torch.autograd.Function):
+    """``fn(*inputs)`` as one autograd node that saves only its inputs. Its parameters
+    are inputs of the node, and their gradients its outputs, as for any autograd op."""
+
+    @staticmethod
+    def forward(ctx, fn: Callable, chunks: int, num_inputs: int, *tensors: Tensor):
+        inputs = tensors[:num_inputs]
+        ctx.fn, ctx.chunks, ctx.num_params = fn, chunks, len(tensors) - num_inputs
+        ctx.state = ForwardState(inputs[0])
+        ctx.save_for_backward(*tensors)
+        return fn(*inputs)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: Tensor) -> tuple:
+        tensors = ctx.saved_tensors
+        split = len(tensors) - ctx.num_params
+        _, input_grads, param_grads = recompute_vjp(
+            ctx.fn, tensors[:split], grad_outputs, ctx.state, tensors[split:], ctx.chunks)
+        return (None, None, None, *input_grads, *param_grads)
+
+
+def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
+         chunks: int = 1):
+    """``fn(*inputs)`` under ordinary autograd: :func:`recompute`'s signature, so that a
+    model can take either as the way to run its parts."""
+    return fn(*inputs)
+
+
+def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
+              chunks: int = 1):
+    """``fn(*inputs)``, keeping only ``inputs`` for backward, which reruns ``fn``.
+
+    Like non-reentrant ``torch.utils.checkpoint``, with the reversible blocks' rules:
+    the rerun replays the forward's RNG and autocast state without reseeding the
+    caller's RNG, and gradients reach ``params`` (default: ``fn``'s trainable
+    parameters, for a module) even when no input requires grad. Outside a
+    graph-recording context it is just ``fn(*inputs)``.
+
+    Args:
+        fn: a function of tensors returning a tensor or a tuple of tensors.
+        *inputs: its tensor arguments.
+        params: the tensors ``fn`` uses besides ``inputs`` that need gradients.
+        chunks: rerun in this many chunks along dim 1 (see :func:`recompute_vjp`).
+    """
+    if params is None:
+        if not isinstance(fn, nn.Module):
+            raise TypeError('recompute needs params=[...] for a function that is not '
+                            'an nn.Module')
+        params = trainable_parameters(fn)
+    if not torch.is_grad_enabled():
+        return fn(*inputs)
+    return _Recompute.apply(fn, chunks, len(inputs), *inputs, *params)

@@ -41,9 +41,12 @@ def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
     not accumulated into ``.grad``. With ``chunks > 1`` the rerun is split into chunks
     along dim 1 of every input and output, which bounds its activation memory; exact
     for a ``fn`` that acts on each position of dim 1 separately and draws no
-    per-element random numbers.
+    per-element random numbers. Under autocast the rerun is not split: half-precision
+    matrix products summed over chunks round differently from one product over all
+    rows, and the gradients would differ from ordinary backprop by that rounding.
     """
     params = list(params)
+    chunks = 1 if state.autocast_enabled else chunks
     outputs, input_grads, param_grads = [], [], [None] * len(params)
     parts = [x.chunk(chunks, 1) for x in inputs]
     grad_parts = [g.chunk(chunks, 1) if g is not None else [None] * chunks

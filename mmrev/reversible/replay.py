@@ -28,6 +28,11 @@ class ForwardState:
                           torch.get_autocast_dtype(device_type))
                          for device_type in _autocast_device_types()]
 
+    @property
+    def autocast_enabled(self) -> bool:
+        """Whether the sub-function ran under autocast on any device."""
+        return any(enabled for _, enabled, _ in self.autocast)
+
     @contextmanager
     def replay(self) -> Iterator[None]:
         """Run the body under the captured state; restore the caller's RNG afterwards."""

@@ -563,24 +563,31 @@ def format_table(rows: List[dict]) -> str:
 
 
 def plot(rows: List[dict], cases: List[str], path: str) -> None:
+    """Extra memory and step time per case against the setting that varies most: depth,
+    else image size, else batch size (one line per value of the others)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    settings = sorted({(r['batch_size'], r['img_size']) for r in rows})
-    for key, ax, label in (('extra_mem_mib', axes[0], 'extra training memory (MiB)'),
-                           ('step_s', axes[1], 'training step time (s)')):
-        for case, (batch_size, img_size) in itertools.product(cases, settings):
-            points = sorted((r['depth'], r[key]) for r in rows if r['case'] == case and
-                            (r['batch_size'], r['img_size']) == (batch_size, img_size)
-                            and key in r)
+    axes_keys = ('depth', 'img_size', 'batch_size')
+    x_key = max(axes_keys, key=lambda k: len({r[k] for r in rows}))
+    others = [k for k in axes_keys if k != x_key]
+    settings = sorted({tuple(r[k] for k in others) for r in rows})
+    panels = [(key, label) for key, label in (('extra_mem_mib', 'extra training memory (MiB)'),
+                                              ('step_s', 'training step time (s)'))
+              if any(key in r for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for (key, label), ax in zip(panels, axes[0]):
+        for case, setting in itertools.product(cases, settings):
+            points = sorted((r[x_key], r[key]) for r in rows if r['case'] == case and
+                            tuple(r[k] for k in others) == setting and key in r)
             if points:
-                name = case if len(settings) == 1 else f'{case} b{batch_size} {img_size}px'
+                name = case if len(settings) == 1 else f'{case} ' + ' '.join(
+                    f'{k}={v}' for k, v in zip(others, setting))
                 ax.plot(*zip(*points), marker='o', label=name)
-        ax.set(xlabel='depth (blocks)', ylabel=label)
+        ax.set(xlabel=x_key.replace('_', ' '), ylabel=label)
         ax.grid(alpha=.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(', '.join(f'batch {b}, {i}x{i}' for b, i in settings))
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(', '.join(f'{k}={sorted({r[k] for r in rows})}' for k in others))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -233,7 +233,7 @@ class RevMViT(ReversibleBackbone):
         mlp_chunks (int): split the backward reruns of the token-wise parts at the
             patch resolution (the MLPs of stage 0, the fusion of the first
             transition), the largest ones, over this many chunks of rows, which cuts
-            the peak training memory. Defaults to 1.
+            the peak training memory at no measurable cost in time. Defaults to 4.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
         init_cfg (dict | list, optional): initialisation config.
     """
@@ -255,7 +255,7 @@ class RevMViT(ReversibleBackbone):
                  out_scales: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
                  reversible: bool = True,
-                 mlp_chunks: int = 1,
+                 mlp_chunks: int = 4,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=[
                      dict(type='TruncNormal', layer=['Linear', 'Conv2d'], std=.02,

@@ -163,3 +163,39 @@ def test_official_parameter_counts(arch, params):
                   in_channels=2 * RevViT.arch_zoo[arch]['embed_dims'])))
     assert isinstance(model, ImageClassifier)
     assert sum(p.numel() for p in model.parameters()) == params
+
+
+@pytest.mark.parametrize('out_indices, built', [((1, 3), 4), ((-3, -1), 4), (2, 3), ((0, 1), 2)])
+def test_out_indices_gradients_match_ordinary_backprop(out_indices, built):
+    # the gradient of each intermediate output enters the backward at its block
+    torch.manual_seed(0)
+    model = tiny(4, drop_rate=0.1, drop_path_rate=0.2, out_indices=out_indices,
+                 out_type='featmap').train()
+    x = torch.randn(2, 3, 32, 32)
+    outs = model(x)
+    assert len(outs) == (1 if isinstance(out_indices, int) else 2)
+    assert all(out.shape == (2, 64, 4, 4) for out in outs)
+    assert len(model.layers) == built and hasattr(model, 'norm') == (built == 4)
+    grads = assert_same_gradients(model, x)
+    assert set(grads) == {n for n, _ in model.named_parameters()} | {'input'}
+
+
+def test_out_indices_match_the_full_model_and_load_its_weights():
+    torch.manual_seed(0)
+    full = tiny(4, out_type='raw', out_indices=(0, 1, 2, 3)).eval()
+    early = tiny(4, out_type='raw', out_indices=1).eval()
+    early.load_state_dict(full.state_dict())  # layers 2, 3 and the final norm skipped
+    x = torch.randn(1, 3, 32, 32)
+    outs = full(x)
+    torch.testing.assert_close(early(x)[0], outs[1], rtol=0, atol=0)
+    streams = full.layers(full.embed(x), full.embed(x))
+    torch.testing.assert_close(outs[-1], full.norm(torch.cat(streams, -1)).flatten(1, 2))
+    with pytest.raises(ValueError, match='out_indices'):
+        tiny(4, out_indices=4)
+
+
+def test_out_indices_keep_only_their_outputs_whatever_the_depth():
+    x = torch.randn(2, 3, 32, 32)
+    models = [tiny(d, out_indices=(0, -1)).train() for d in (3, 9)]
+    shallow, deep = (saved_tensor_bytes(m, partial(m, x)) for m in models)
+    assert shallow == deep

@@ -1,5 +1,7 @@
-# Mask R-CNN with a Rev-MViT-B backbone and mmdet's FPN: RevMViT's four stages give
-# 192, 384, 768, 1536 channels at strides 4, 8, 16, 32 (plus a max-pooled stride 64).
+# Mask R-CNN with a Rev-MViT-B backbone and mmdet's FPN (with LayerNorm), ViTDet's LSJ
+# recipe as detectron2 applies it to MViTv2 (projects/ViTDet, mvitv2 configs): no
+# layer-wise lr decay, as there. RevMViT's four stages give 192, 384, 768, 1536 channels
+# at strides 4, 8, 16, 32 (plus a max-pooled stride 64).
 _base_ = './_base_/mask-rcnn_lsj-100e_coco.py'
 
 # An ImageNet Rev-MViT-B: an mmrev classification checkpoint (keys 'backbone.*'), e.g.

@@ -1,5 +1,6 @@
-# Mask R-CNN with a RevViT-B backbone and mmrev's simple feature pyramid (ViTDet style):
-# RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64.
+# Mask R-CNN with a RevViT-B backbone and mmrev's simple feature pyramid, ViTDet's recipe:
+# RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64;
+# layer-wise lr decay 0.7 over the 12 layers, drop path 0.1 (ViTDet's ViT-B values).
 _base_ = './_base_/mask-rcnn_lsj-100e_coco.py'
 
 # An ImageNet RevViT-B: an mmrev classification checkpoint (keys 'backbone.*'), e.g. the
@@ -23,3 +24,8 @@ model = dict(
         out_channels=256,
         scale_factors=(4, 2, 1, 0.5),
         num_outs=5))
+# lr * 0.7 ** (13 - depth): patch and position embedding at depth 0, layer i at i + 1,
+# the final norm, neck and heads at the full rate
+optim_wrapper = dict(
+    constructor='mmrev.LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=0.7))

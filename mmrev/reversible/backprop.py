@@ -5,12 +5,13 @@ backward, each block recomputes its inputs from its outputs, backpropagates thro
 itself, and hands the recomputed inputs down to the block below as that block's outputs.
 Activation memory therefore does not grow with depth.
 """
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .coupling import BlockRecord, ReversibleBlock, Streams
+from .recomputation import call, recompute
 
 
 class _ReversibleBlockFunction(torch.autograd.Function):
@@ -65,6 +66,13 @@ class ReversibleSequence(nn.ModuleList):
         super().__init__(blocks)
         self.reversible = reversible
 
+    @property
+    def runner(self) -> Callable:
+        """How the non-reversible parts around the stack should run: :func:`recompute`
+        while it trains with reversible backprop (they then keep only their inputs
+        too), else :func:`call`."""
+        return recompute if self.reversible and self.training else call
+
     @staticmethod
     def input_streams(x1: Tensor, x2: Tensor) -> Streams:
         """The streams as the blocks take them: in float32 (or wider) under autocast,
@@ -75,20 +83,24 @@ class ReversibleSequence(nn.ModuleList):
                          for x in (x1, x2))
         return x1, x2
 
-    def run(self, x1: Tensor, x2: Tensor, records: Optional[List[BlockRecord]] = None
-            ) -> Streams:
-        """The blocks one after the other under ordinary autograd, each appending its
-        record to ``records`` if it is a list."""
-        for block in self:
-            x1, x2 = block(x1, x2, records)
-        return x1, x2
-
-    def forward(self, x1: Tensor, x2: Tensor) -> Streams:
+    def forward(self, x1: Tensor, x2: Tensor, out_indices: Optional[Sequence[int]] = None,
+                records: Optional[List[BlockRecord]] = None
+                ) -> Union[Streams, List[Streams]]:
+        """The streams after the last block; with ``out_indices``, the list of the
+        streams after each of those blocks (their gradients enter the backward at their
+        block; no other block's outputs are kept). Under ordinary autograd, each block
+        appends its record to ``records`` if it is a list."""
         x1, x2 = self.input_streams(x1, x2)
-        if not (self.reversible and self.training and torch.is_grad_enabled()):
-            return self.run(x1, x2)
-        handoff = []
+        reversible = self.reversible and self.training and torch.is_grad_enabled()
+        keep = set(out_indices if out_indices is not None else [len(self) - 1])
+        outs, handoff = [], []
         for i, block in enumerate(self):
-            x1, x2 = _ReversibleBlockFunction.apply(
-                x1, x2, block, handoff, i == len(self) - 1, *block.trainable_parameters())
-        return x1, x2
+            if reversible:
+                x1, x2 = _ReversibleBlockFunction.apply(
+                    x1, x2, block, handoff, i == len(self) - 1,
+                    *block.trainable_parameters())
+            else:
+                x1, x2 = block(x1, x2, records)
+            if i in keep:
+                outs.append((x1, x2))
+        return outs if out_indices is not None else outs[-1]

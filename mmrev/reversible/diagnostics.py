@@ -67,7 +67,8 @@ def reconstruction_errors(sequence: ReversibleSequence, x1: Tensor,
     states = []
     x1, x2 = sequence.input_streams(x1, x2)
     with torch.random.fork_rng(devices=[x1.device] if x1.is_cuda else []):
-        y1, y2 = sequence.run(x1, x2, states)
+        # .forward, not __call__: forward hooks on the stack must not see this run
+        y1, y2 = sequence.forward(x1, x2, records=states)
     for i in reversed(range(len(sequence))):
         y1, y2 = sequence[i].inverse(y1, y2, states[i])
     # torch's max propagates NaN (Python's max would not)

@@ -112,12 +112,12 @@ class ReversibleBackpropHook(Hook):
             self._peak_mb = 0.
             _reset_peak_memory(self._device)
         if self.every_n_train_iters(runner, self.interval):
-            self._handles = {name: stack.register_forward_hook(partial(self._check, runner,
-                                                                       name))
-                             for name, stack in self._stacks.items()}
+            self._handles = {name: stack.register_forward_hook(
+                partial(self._check, runner, name), with_kwargs=True)
+                for name, stack in self._stacks.items()}
 
     def _check(self, runner, name: str, stack: ReversibleSequence, inputs: tuple,
-               outputs: tuple) -> Optional[tuple]:
+               kwargs: dict, outputs) -> Optional[tuple]:
         """Forward hook of a checked iteration: measure, then apply the policy."""
         self._handles.pop(name).remove()  # once per stack and iteration
         if self.log_memory:  # the check's own memory is not the training's
@@ -149,7 +149,7 @@ class ReversibleBackpropHook(Hook):
             each.reversible = False
         runner.logger.warning(f'{message} Switched every reversible stack to ordinary '
                               f'backprop for the rest of the run, this iteration included.')
-        return stack.forward(x1, x2)  # redone with ordinary autograd
+        return stack.forward(x1, x2, **kwargs)  # redone with ordinary autograd
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:

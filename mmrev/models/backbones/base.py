@@ -1,11 +1,18 @@
 """What RevViT and RevMViT share: the reversible switch, input and output formats,
 pos-embed init, freezing."""
-from typing import List
+from functools import partial
+from typing import Callable, List, Optional, Tuple
 
+import torch
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch import Tensor, nn
 
+from mmrev.reversible import trainable_parameters
 from mmrev.reversible.diagnostics import reversible_sequences, set_reversible
+
+
+def _norm_of_concat(norm: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
+    return norm(torch.cat([x1, x2], dim=-1))
 
 
 class ReversibleBackbone(BaseBackbone):
@@ -42,6 +49,13 @@ class ReversibleBackbone(BaseBackbone):
             return x.permute(0, 3, 1, 2).contiguous()
         return x.flatten(1, 2)
 
+    def _output(self, norm: nn.Module, x1: Tensor, x2: Tensor, run: Callable) -> Tensor:
+        """``norm([x1, x2])`` (the streams' concatenation) as ``out_type`` asks, the norm
+        run by ``run`` (in reversible training: rerun in backward, keeping only the
+        streams, which the stack keeps anyway)."""
+        return self._format(run(partial(_norm_of_concat, norm), x1, x2,
+                                params=trainable_parameters(norm)))
+
     @staticmethod
     def _check_input_size(x: Tensor, divisor: int, what: str) -> None:
         """Raise if the image sides of ``x`` are not multiples of ``divisor``."""
@@ -58,6 +72,28 @@ class ReversibleBackbone(BaseBackbone):
     @reversible.setter
     def reversible(self, value: bool) -> None:
         set_reversible(self, value)
+
+    num_layers: int
+
+    def _layer_index(self, name: str) -> Optional[int]:
+        """The layer (0-based) that holds the parameter ``name``, None outside the
+        layers."""
+        raise NotImplementedError
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """The depth of a parameter for layer-wise learning-rate decay, and the number of
+        depths, as mmpretrain's backbones give them: 0 for the patch and position
+        embeddings, ``i + 1`` for layer ``i``, ``num_layers + 1`` for the rest (output
+        norms; outside the backbone, i.e. not starting with ``prefix``: neck, heads).
+        """
+        num_depths = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_depths - 1, num_depths
+        name = param_name[len(prefix):]
+        if name.startswith(('patch_embed.', 'pos_embed')):
+            return 0, num_depths
+        layer = self._layer_index(name)
+        return (num_depths - 1 if layer is None else layer + 1), num_depths
 
     def init_weights(self) -> None:
         super().init_weights()

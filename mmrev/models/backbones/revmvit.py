@@ -36,7 +36,6 @@ from mmrev.reversible import (
     ReversibleBlock,
     ReversibleSequence,
     call,
-    recompute,
     trainable_parameters,
 )
 from mmrev.reversible.coupling import Streams
@@ -173,15 +172,9 @@ class RevMViTStage(nn.Module):
         self.transition = transition
         self.blocks = blocks
 
-    @property
-    def run(self) -> Callable:
-        """How the non-reversible parts run: :func:`recompute` while the stack trains
-        reversibly, else :func:`call`."""
-        return recompute if self.blocks.reversible and self.training else call
-
     def forward(self, x1: Tensor, x2: Tensor) -> Streams:
         if self.transition is not None:
-            x1 = x2 = self.transition(x1, x2, self.run)
+            x1 = x2 = self.transition(x1, x2, self.blocks.runner)
         return self.blocks(x1, x2)
 
 
@@ -287,6 +280,7 @@ class RevMViT(ReversibleBackbone):
         drop_path_rates = [drop_path_rate * i / max(num_layers - 1, 1)
                            for i in range(num_layers)]
         bounds = [0] + transitions + [num_layers]
+        self.stage_first_layers = bounds[:num_stages]  # SlowFast's layer index
         channels, num_heads = arch['embed_dims'], arch['num_heads']
         stride_kv = arch['kv_stride']
         common = dict(mlp_ratio=arch['mlp_ratio'], qkv_bias=arch['qkv_bias'],
@@ -358,6 +352,20 @@ class RevMViT(ReversibleBackbone):
                              f'{num_stages - 1}], got {out_scales!r}')
         return tuple(sorted({s % num_stages for s in out_scales}))
 
+    @property
+    def num_layers(self) -> int:
+        """The layers built (SlowFast's numbering: transitions are layers too)."""
+        return self.stage_first_layers[len(self.stages) - 1] + len(self.stages[-1].blocks) + (
+            len(self.stages) > 1)
+
+    def _layer_index(self, name: str) -> Optional[int]:
+        match = re.match(r'stages\.(\d+)\.(transition|blocks\.(\d+))\.', name)
+        if match is None:
+            return None
+        stage, block = int(match.group(1)), match.group(3)
+        first = self.stage_first_layers[stage]
+        return first if block is None else first + int(block) + (stage > 0)
+
     def _drop_unbuilt_keys(self, state_dict: dict, prefix: str, *args) -> None:
         """``load_state_dict`` pre-hook: skip the weights of stages after the last
         output scale, which are not built, and their output norms."""
@@ -386,12 +394,6 @@ class RevMViT(ReversibleBackbone):
         for s, stage in enumerate(self.stages):
             x1, x2 = stage(x1, x2)
             if s in self.out_scales:
-                norm = getattr(self, f'norm{s}')
-                outs.append(self._format(stage.run(
-                    partial(_norm_of_concat, norm), x1, x2,
-                    params=trainable_parameters(norm))))
+                outs.append(self._output(getattr(self, f'norm{s}'), x1, x2,
+                                         stage.blocks.runner))
         return tuple(outs)
-
-
-def _norm_of_concat(norm: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
-    return norm(torch.cat([x1, x2], dim=-1))

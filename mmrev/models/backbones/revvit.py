@@ -1,6 +1,7 @@
 """Reversible Vision Transformer (RevViT), Mangalam et al., CVPR 2022."""
+import re
 from collections import OrderedDict
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
@@ -49,10 +50,16 @@ class RevViT(ReversibleBackbone):
             the layers. Defaults to 0.
         qkv_bias (bool): bias in the q, k, v projection. Defaults to True.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
-        final_norm (bool): LayerNorm over the 2C output. Defaults to True.
+        final_norm (bool): LayerNorm over the 2C output of the last layer.
+            Defaults to True.
         out_type (str): ``'avg_featmap'``: mean over tokens, (B, 2C);
             ``'featmap'``: (B, 2C, H, W); ``'raw'``: (B, H*W, 2C).
             Defaults to ``'avg_featmap'``.
+        out_indices (int | Sequence[int]): the layers whose ``[Y1, Y2]`` outputs the
+            backbone returns, in order (negative: from the end; the last layer's output
+            goes through the final norm), as mmpretrain's ``VisionTransformer``. Layers
+            after the last one are not built (their checkpoint weights are skipped on
+            load). Defaults to -1.
         frozen_stages (int): -1: nothing frozen; 0: patch and position embedding;
             k > 0: also the first k layers. Defaults to -1.
         reversible (bool): reversible backprop in training (memory constant in
@@ -82,6 +89,7 @@ class RevViT(ReversibleBackbone):
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  final_norm: bool = True,
                  out_type: str = 'avg_featmap',
+                 out_indices: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
                  reversible: bool = True,
                  mlp_chunks: int = 1,
@@ -96,6 +104,7 @@ class RevViT(ReversibleBackbone):
             raise ValueError('mlp_chunks > 1 replays per-sample randomness only; '
                              'set drop_rate=0 or mlp_chunks=1')
         num_layers = self.arch_settings['num_layers']
+        self.out_indices = self._parse_out_indices(out_indices, num_layers)
         if not -1 <= frozen_stages <= num_layers:
             raise ValueError(f'frozen_stages must be in [-1, {num_layers}], '
                              f'got {frozen_stages}')
@@ -118,10 +127,12 @@ class RevViT(ReversibleBackbone):
             rev_vit_block(self.embed_dims, self.arch_settings['num_heads'],
                           self.arch_settings['feedforward_channels'], drop_rate, rate,
                           qkv_bias, norm_cfg, mlp_chunks)
-            for rate in drop_path_rates
+            for rate in drop_path_rates[:self.out_indices[-1] + 1]  # none after the last
         ], reversible=reversible)
-        self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
-                     if final_norm else nn.Identity())
+        if self.out_indices[-1] == num_layers - 1:
+            self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
+                         if final_norm else nn.Identity())
+        self._register_load_state_dict_pre_hook(self._drop_unbuilt_keys)
         self._freeze_stages()
 
     @classmethod
@@ -134,12 +145,39 @@ class RevViT(ReversibleBackbone):
                              f'{sorted(keys)}, got {arch!r}')
         return arch
 
+    @staticmethod
+    def _parse_out_indices(out_indices: Union[int, Sequence[int]],
+                           num_layers: int) -> Tuple[int, ...]:
+        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        if not out_indices or not all(-num_layers <= i < num_layers for i in out_indices):
+            raise ValueError(f'out_indices must be layer indices in [{-num_layers}, '
+                             f'{num_layers - 1}], got {out_indices!r}')
+        return tuple(sorted({i % num_layers for i in out_indices}))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _layer_index(self, name: str) -> Optional[int]:
+        match = re.match(r'layers\.(\d+)\.', name)
+        return int(match.group(1)) if match else None
+
+    def _drop_unbuilt_keys(self, state_dict: dict, prefix: str, *args) -> None:
+        """``load_state_dict`` pre-hook: skip the weights of the layers after the last
+        output, which are not built, and of the final norm if it is not built."""
+        unbuilt = re.compile(re.escape(prefix) + r'(layers\.(\d+)\.|norm\.)')
+        for key in list(state_dict):
+            match = unbuilt.match(key)
+            if match and (int(match.group(2)) >= len(self.layers) if match.group(2)
+                          else not hasattr(self, 'norm')):
+                del state_dict[key]
+
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
             return []
         modules = [self.patch_embed, self.drop_after_pos]
         modules += list(self.layers[:self.frozen_stages])
-        if self.frozen_stages == len(self.layers):
+        if self.frozen_stages == self.arch_settings['num_layers'] and hasattr(self, 'norm'):
             modules.append(self.norm)
         return modules
 
@@ -150,6 +188,10 @@ class RevViT(ReversibleBackbone):
         x = x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
         return self.drop_after_pos(x)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x = self.embed(x)
-        return (self._format(self.norm(torch.cat(self.layers(x, x), dim=-1))), )
+        streams = self.layers(x, x, out_indices=self.out_indices)
+        last = self.arch_settings['num_layers'] - 1
+        return tuple(self._output(self.norm if i == last else nn.Identity(), x1, x2,
+                                  self.layers.runner)
+                     for i, (x1, x2) in zip(self.out_indices, streams))

@@ -41,7 +41,7 @@ setup(
     name='mmrev',
     version=read_version(),
     description='Reversible Vision Transformers (RevViT, RevMViT) for '
-    'mmpretrain and mmdet',
+    'mmpretrain, mmdet and mmaction2',
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
@@ -50,8 +50,8 @@ setup(
     include_package_data=True,
     package_data={'mmrev': mim_package_data()},
     install_requires=[
-        'torch>=2.1',
-        'torchvision>=0.16',
+        'torch>=2.5',  # also in mmrev/__init__.py (MIN_TORCH)
+        'torchvision>=0.20',
         'mmengine>=0.10,<1',
         'mmcv>=2.0,<2.2',
         'mmpretrain>=1.2,<2',
@@ -60,5 +60,8 @@ setup(
     extras_require={
         'tests': ['pytest>=7', 'ruff>=0.6', 'scikit-learn>=1.3',
                   'pycocotools>=2.0'],
+        # mmaction2 1.2.0 itself is installed with --no-deps (tools/setup_env.sh): it
+        # requires opencv-contrib-python, which clashes with mmcv's opencv-python
+        'video': ['einops', 'importlib-metadata', 'decord>=0.6'],
     },
 )

@@ -1,6 +1,9 @@
 """The installed environment: mmrev imports and registers its scope and checkpoint
 loaders, and the compiled mmcv ops and mmdet's models work."""
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from torch import nn
 import mmrev
 from mmrev.engine import checkpoint
 from mmrev.registry import MODELS
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_import_mmrev_registers_checkpoint_loaders():
@@ -71,3 +76,58 @@ def test_mmdet_models_import():
     import mmdet.models
     from mmdet.registry import MODELS as MMDET_MODELS
     assert MMDET_MODELS.get('MaskRCNN') is mmdet.models.MaskRCNN
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+BLOCK_OPENMMLAB = '''
+import sys
+class Block:
+    """Makes mmengine, mmcv, mmpretrain, mmdet and mmaction2 absent."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('mmengine', 'mmcv', 'mmpretrain', 'mmdet', 'mmaction'):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+sys.meta_path.insert(0, Block())
+'''
+
+
+def test_engine_works_with_torch_alone():
+    out = run_python(BLOCK_OPENMMLAB + '''
+import torch
+from torch import nn
+import mmrev
+from mmrev.reversible import ReversibleBlock, ReversibleSequence
+from mmrev.reversible.diagnostics import reconstruction_errors
+stack = ReversibleSequence([ReversibleBlock(nn.Linear(4, 4), nn.Linear(4, 4), 0.5)
+                            for _ in range(3)]).train()
+x = torch.randn(8, 4, requires_grad=True)
+sum(stack(x, x)).sum().backward()
+print(x.grad.shape, reconstruction_errors(stack, x, x)[1] < 1e-5,
+      sorted({m.split('.')[0] for m in sys.modules if m.startswith('mm')}))
+''')
+    assert out.split() == ['torch.Size([8,', '4])', 'True', "['mmap',", "'mmrev']"]
+
+
+def test_import_mmrev_defers_the_toolboxes_until_used():
+    out = run_python('''
+import sys
+import mmrev
+loaded = lambda: [m for m in ('mmpretrain', 'mmdet', 'mmcv', 'mmengine.runner',
+                              'mmrev.models') if m in sys.modules]
+print(loaded())
+from mmdet.registry import MODELS
+neck = MODELS.build(dict(type='mmrev.SimpleFPN', in_channels=8, out_channels=4))
+from mmengine.runner import CheckpointLoader
+from mmrev.engine.checkpoint import load_from_local
+from mmpretrain import list_models
+print(type(neck).__name__, CheckpointLoader._get_checkpoint_loader('a.pth') is load_from_local,
+      'revvit-small' in list_models('revvit-small'))
+''')
+    before, after = out.splitlines()
+    assert before == '[]'
+    assert after == 'SimpleFPN True True'

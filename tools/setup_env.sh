@@ -13,6 +13,7 @@ PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 STAMP=$VENV/.mmrev-env-ok
 PINS=(torch==2.13.0 torchvision==0.28.0 mmengine==0.10.7 mmpretrain==1.2.0 mmdet==3.3.0)
+MMACTION=mmaction2==1.2.0
 
 if [[ -f $STAMP && $STAMP -nt setup.py && $STAMP -nt tools/setup_env.sh ]]; then
   echo "mmrev environment ready in $VENV"
@@ -41,8 +42,12 @@ if ! compgen -G "$WHEELS/mmcv-2.1.0-*.whl" >/dev/null; then
   mv "$BUILD"/mmcv-2.1.0-*.whl "$WHEELS"/
 fi
 uv pip install "$WHEELS"/mmcv-2.1.0-*.whl
-# 3. the rest, and mmrev itself (editable, with test and lint tools).
-uv pip install "${PINS[@]:2}" 'numpy<2' -e '.[tests]'
-"$VENV/bin/python" -c "import torchvision, mmcv.ops, mmdet.models, mmpretrain, mmrev"
+# 3. the rest, and mmrev itself (editable, with test and lint tools and video extras).
+uv pip install "${PINS[@]:2}" 'numpy<2' -e '.[tests,video]'
+# 4. mmaction2 without its requirements: they pin opencv-contrib-python, which would
+#    replace mmcv's opencv-python (the packages the video extra names are what it needs).
+#    Its 1.2.0 package lacks mmaction/models/localizers/drn: import mmrev supplies it.
+uv pip install --no-deps "$MMACTION"
+"$VENV/bin/python" -c "import torchvision, mmcv.ops, mmdet.models, mmpretrain, mmrev, mmaction.models"
 touch "$STAMP"
 echo "mmrev environment ready in $VENV"

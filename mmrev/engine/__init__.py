@@ -1,11 +1,22 @@
-"""Runtime parts of mmrev; importing it makes mmengine load training checkpoints
-with ``weights_only=True`` (see :mod:`mmrev.engine.checkpoint`)."""
-from .amp import BF16OptimWrapper, amp_optim_wrapper
-from .checkpoint import load_checkpoint_file
-from .distributed import setup_cpu_distributed
-from .hooks import ReversibleBackpropHook
-from .optimizers import LayerDecayOptimWrapperConstructor
+"""Runtime parts of mmrev: checkpoint loading (:mod:`~mmrev.engine.checkpoint`), mixed
+precision (:mod:`~mmrev.engine.amp`), CPU distributed set-up, the reversible-backprop hook
+and the layer-decay optimizer constructor. Each submodule is imported when first used
+(``from mmrev.engine import X`` or a config naming ``mmrev.X``), so that loading
+checkpoints does not import mmpretrain."""
+import importlib
 
-__all__ = ['BF16OptimWrapper', 'amp_optim_wrapper', 'load_checkpoint_file',
-           'LayerDecayOptimWrapperConstructor', 'ReversibleBackpropHook',
-           'setup_cpu_distributed']
+_EXPORTS = {
+    'BF16OptimWrapper': 'amp',
+    'amp_optim_wrapper': 'amp',
+    'load_checkpoint_file': 'checkpoint',
+    'setup_cpu_distributed': 'distributed',
+    'ReversibleBackpropHook': 'hooks',
+    'LayerDecayOptimWrapperConstructor': 'optimizers',
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)

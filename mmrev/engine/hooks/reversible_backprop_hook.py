@@ -36,8 +36,9 @@ class ReversibleBackpropHook(Hook):
     Every ``interval`` training iterations, each reversible stack recomputes its input
     streams from its outputs on the current batch (under the batch's autocast state) and
     the error is logged as ``rev/recon_err`` (relative, max over the stacks) and
-    ``rev/recon_abs_err``, per stack as ``rev/{stack}/recon_err`` if there are several
-    (the runner's log line and visualizer show the latest check's values). Other
+    ``rev/recon_abs_err``, per stack as ``rev/{stack}/recon_err`` if there are several:
+    a log line of its own on checked iterations, and the visualizer's scalars at that
+    step. Other
     iterations run no extra code in the model: the measuring forward hooks are installed
     only for checked iterations. The check does not touch the training RNG.
 
@@ -171,7 +172,8 @@ class ReversibleBackpropHook(Hook):
             scalars.update({f'rev/{stack}/{key}': value
                             for stack, errors in self._errors.items()
                             for key, value in zip(keys, errors)})
-        for key, value in scalars.items():
-            runner.message_hub.update_scalar(f'train/{key}', value)
+        # to the visualizer at this step only, not to the message hub: the runner's log
+        # line would show them at 4 decimals (0.0000) and repeat a stale value
+        runner.visualizer.add_scalars(scalars, step=runner.iter + 1)
         runner.logger.info(f'Iter(train) {runner.iter + 1}: ' + ', '.join(
             f'{key}: {value:.3e}' for key, value in scalars.items()))

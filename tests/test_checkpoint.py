@@ -12,6 +12,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, load_checkpoint
 from torch import nn
 
@@ -194,3 +195,55 @@ def test_getattr_is_limited_to_history_buffer_methods(tmp_path, owner, name):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         load_checkpoint(TinyRegressor(), str(tmp_path / 'missing.pth'))
+
+
+# ------------------------------------------------- weights of another model are refused
+
+def revvit(arch, **kwargs):
+    from mmrev.models import RevViT
+    return RevViT(arch=arch, img_size=32, patch_size=8, **kwargs)
+
+
+TINY_VIT = dict(embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)
+
+
+def test_backbone_refuses_weights_of_another_arch(tmp_path):
+    small = revvit('small')
+    tiny = revvit(TINY_VIT)
+    with pytest.raises(ValueError, match=r"pos_embed \(1, 16, 384\) \(model: \(1, 16, 16\)\)"
+                       r".*looks like RevViT arch 'small' \(384 dims, 12 layers"):
+        tiny.load_state_dict(small.state_dict())
+    # through mmengine's loaders too (strict=False only warns about missing keys)
+    path = tmp_path / 'small.pth'
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in small.state_dict().items()}),
+               path)
+    with pytest.raises(ValueError, match='does not fit this RevViT'):
+        load_checkpoint(tiny, str(path), revise_keys=[(r'^backbone\.', '')])
+    pretrained = revvit(TINY_VIT, init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                                prefix='backbone.'))
+    with pytest.raises(ValueError, match="arch 'small'"):
+        pretrained.init_weights()
+    # weights of another kind of model: none of them is the backbone's
+    from mmrev.models import RevMViT
+    mvit = RevMViT(arch=dict(embed_dims=8, num_layers=3, num_heads=1,
+                             transition_layers=[1]), img_size=32)
+    with pytest.raises(ValueError, match=r'3 tensors have other shapes: pos_embed .* looks '
+                       r'like another model: no RevViT'):
+        tiny.load_state_dict(mvit.state_dict())
+
+
+def test_classifier_with_another_head_still_loads_its_backbone(tmp_path):
+    from mmpretrain.models import ImageClassifier
+
+    def classifier(num_classes):
+        return ImageClassifier(backbone=dict(type='mmrev.RevViT', arch=TINY_VIT, img_size=32,
+                                             patch_size=8),
+                               head=dict(type='LinearClsHead', num_classes=num_classes,
+                                         in_channels=32))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        source, target = classifier(10), classifier(3)
+    path = tmp_path / 'ten_classes.pth'
+    torch.save(dict(state_dict=source.state_dict()), path)
+    load_checkpoint(target, str(path))  # the head's shapes differ: mmengine warns
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(target.backbone.state_dict()[key], value)

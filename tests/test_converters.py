@@ -348,9 +348,10 @@ BAD_CHECKPOINTS = {
     'qkv_shape_mismatch': (lambda: revvit_checkpoint(
         rev_backbone__layers__0__F__attn__v__weight=torch.zeros(32, 64)),
         'q, k, v of .*layers.0.f.attn.qkv.weight have shapes'),
-    'unsupported_cfg': (lambda: edited_cfg_checkpoint(
-        'revvit_tiny', 'CLS_EMBED_ON: false', 'CLS_EMBED_ON: true'),
-        r'MVIT\.CLS_EMBED_ON = True is not supported'),
+    'class_token': (lambda: dict(edited_cfg_checkpoint(
+        'revvit_tiny', 'CLS_EMBED_ON: false', 'CLS_EMBED_ON: true'), model_state=dict(
+            load_fixture('revvit_tiny')['model_state'], cls_token=torch.zeros(1, 1, 32))),
+        r'MVIT\.CLS_EMBED_ON = True with a class token in the weights'),
     'unsupported_mvit_cfg': (lambda: edited_cfg_checkpoint(
         'revmvit_tiny', 'POOL_FIRST: false', 'POOL_FIRST: true'),
         r'MVIT\.POOL_FIRST = True is not supported'),
@@ -410,11 +411,15 @@ def test_existing_destination_needs_force(tmp_path, capsys):
 def test_unwritable_destination_is_refused(tmp_path, capsys):
     src = FIXTURES / 'revvit_tiny.pyth'
     (tmp_path / 'file').write_text('')
-    assert_cli_fails(tmp_path, src, tmp_path / 'file' / 'revvit.pth', 'does not exist',
-                     capsys)
-    assert_cli_fails(tmp_path, src, tmp_path / 'no_dir' / 'revvit.pth', 'does not exist',
+    assert_cli_fails(tmp_path, src, tmp_path / 'file' / 'revvit.pth', 'file is a file',
                      capsys)
     assert_cli_fails(tmp_path, src, tmp_path / 'revvit.py', 'ends in .py', capsys)
+
+
+def test_destination_folders_are_created(tmp_path):
+    dst = tmp_path / 'checkpoints' / 'slowfast' / 'revvit.pth'
+    convert_slowfast_file(FIXTURES / 'revvit_tiny.pyth', dst)
+    assert dst.is_file() and dst.with_suffix('.py').is_file()
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -1,8 +1,31 @@
-"""A :class:`ModelSpec` as a self-contained mmpretrain config (model, SlowFast's
-evaluation pipeline, test dataloader)."""
+"""A :class:`ModelSpec` as a self-contained config (model, SlowFast's evaluation
+pipeline, test dataloader): mmpretrain's for image models, mmaction2's for video ones."""
 from typing import Any, List
 
 from .slowfast_config import ModelSpec
+
+
+def model_config(spec: ModelSpec) -> dict:
+    """The model config of ``spec``: :func:`classifier_config` or
+    :func:`recognizer_config`."""
+    return recognizer_config(spec) if spec.video else classifier_config(spec)
+
+
+def recognizer_config(spec: ModelSpec) -> dict:
+    """The mmaction2 ``Recognizer3D`` config of a video ``spec``. mmaction2's
+    ``MViTHead`` (token mean, dropout, linear) is SlowFast's head on the backbone's
+    normalised ``featmap``; ``average_clips='prob'`` averages the softmax of the clips,
+    as SlowFast's test sums them."""
+    return dict(
+        type='Recognizer3D',
+        backbone=dict(spec.backbone, out_type='featmap'),
+        cls_head=dict(type='MViTHead', in_channels=spec.head_channels,
+                      num_classes=spec.num_classes, dropout_ratio=spec.video.dropout,
+                      with_cls_token=False, average_clips='prob'),
+        data_preprocessor=dict(type='ActionDataPreprocessor',
+                               mean=[round(m * 255, 4) for m in spec.mean],
+                               std=[round(s * 255, 4) for s in spec.std],
+                               format_shape='NCTHW'))
 
 
 def classifier_config(spec: ModelSpec) -> dict:
@@ -42,8 +65,58 @@ class _Name(str):
         return str(self)
 
 
+def video_test_pipeline(spec: ModelSpec) -> List[dict]:
+    """SlowFast's video test: ``num_clips`` clips of ``num_frames`` frames every
+    ``sampling_rate`` frames, the short side resized, ``num_crops`` crops (1: centre;
+    3: mmaction2's ThreeCrop)."""
+    video = spec.video
+    crop = (dict(type='CenterCrop', crop_size=spec.crop_size) if video.num_crops == 1 else
+            dict(type='ThreeCrop', crop_size=spec.crop_size))
+    return [dict(type='DecordInit'),
+            dict(type='SampleFrames', clip_len=video.num_frames,
+                 frame_interval=video.sampling_rate, num_clips=video.num_clips,
+                 test_mode=True),
+            dict(type='DecordDecode'),
+            dict(type='Resize', scale=(-1, video.short_side)),
+            crop,
+            dict(type='FormatShape', input_format='NCTHW'),
+            dict(type='PackActionInputs')]
+
+
+def video_config_sections(spec: ModelSpec) -> dict:
+    """The sections of an mmaction2 test config for a video ``spec`` (Kinetics-400's
+    validation videos where the model is a Kinetics-400 classifier)."""
+    root = 'data/kinetics400' if spec.kinetics400 else 'data/videos'
+    ann_file = f'{root}/kinetics400_val_list_videos.txt' if spec.kinetics400 else \
+        f'{root}/val_list.txt'
+    return dict(
+        custom_imports=dict(imports=['mmrev'], allow_failed_imports=False),
+        default_scope='mmaction',
+        model=recognizer_config(spec),
+        test_pipeline=video_test_pipeline(spec),
+        test_dataloader=dict(
+            batch_size=1, num_workers=4,
+            dataset=dict(type='VideoDataset', ann_file=ann_file,
+                         data_prefix=dict(video=f'{root}/videos_val'),
+                         pipeline=_Name('test_pipeline'), test_mode=True),
+            sampler=dict(type='DefaultSampler', shuffle=False)),
+        test_evaluator=dict(type='AccMetric'),
+        test_cfg=dict(type='TestLoop'),
+    )
+
+
 def config_text(spec: ModelSpec, source: str) -> str:
-    """A self-contained mmpretrain config file (python text) for ``spec``."""
+    """A self-contained config file (python text) for ``spec``: mmpretrain's for an
+    image model, mmaction2's for a video one."""
+    sections = video_config_sections(spec) if spec.video else image_config_sections(spec)
+    lines = [f'# {spec.kind} converted from the SlowFast checkpoint {source}',
+             '# by tools/model_converters/slowfast_to_mmrev.py.']
+    lines += [f'{name} = {_format(value, lead=len(name) + 3)}' for name, value in sections.items()]
+    return '\n'.join(lines) + '\n'
+
+
+def image_config_sections(spec: ModelSpec) -> dict:
+    """The sections of an mmpretrain test config for an image ``spec``."""
     dataset = (dict(type='ImageNet', data_root='data/imagenet', split='val')
                if spec.imagenet else
                dict(type='CustomDataset', data_root='data/custom', data_prefix='val'))
@@ -62,10 +135,7 @@ def config_text(spec: ModelSpec, source: str) -> str:
         test_evaluator=dict(type='Accuracy', topk=_topk(spec.num_classes)),
         test_cfg=dict(),
     )
-    lines = [f'# {spec.kind} converted from the SlowFast checkpoint {source}',
-             '# by tools/model_converters/slowfast_to_mmrev.py.']
-    lines += [f'{name} = {_format(value, lead=len(name) + 3)}' for name, value in sections.items()]
-    return '\n'.join(lines) + '\n'
+    return sections
 
 
 def _format(value: Any, indent: int = 0, lead: int = 0, width: int = 88) -> str:

@@ -4,6 +4,7 @@ Every problem is found before anything is written, and files are written to a
 temporary file in the destination folder, then moved into place: a failed conversion
 leaves no partial file and changes no existing one.
 """
+import importlib
 import os
 import os.path as osp
 import tempfile
@@ -14,7 +15,7 @@ import torch
 from mmengine.registry import DefaultScope
 from torch import Tensor
 
-from .config_file import classifier_config, config_text
+from .config_file import config_text, model_config
 from .slowfast import (
     SlowFastConversionError,
     convert_slowfast_checkpoint,
@@ -47,19 +48,21 @@ class ConversionResult:
 
 
 def read_checkpoint(path: str):
-    """``torch.load`` of a local file (``weights_only``), with a clear error for a
-    missing file or one that is not a PyTorch checkpoint."""
+    """A local checkpoint file, read as mmrev's loaders read it (``weights_only``, with
+    what mmengine training checkpoints hold), with a clear error for a missing file or
+    one that is not a PyTorch checkpoint."""
     if not osp.isfile(path):
         raise SlowFastConversionError(
             f'{path} is a directory, not a checkpoint file' if osp.isdir(path) else
             f'No such file: {path}')
+    from mmrev.engine.checkpoint import load_checkpoint_file
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return load_checkpoint_file(path, map_location='cpu')
     except Exception as e:  # torch.load fails in many ways on a file it cannot read
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlowFastConversionError(
-            f'{path} is not a PyTorch checkpoint that can be loaded safely '
-            f'(torch.load: {reason})') from e
+            f'{path} is not a PyTorch checkpoint that mmrev can read safely: {reason}'
+        ) from e
 
 
 def check_destination(dst: str, src: str, force: bool) -> None:
@@ -75,21 +78,25 @@ def check_destination(dst: str, src: str, force: bool) -> None:
     if osp.lexists(dst) and not force:
         raise SlowFastConversionError(
             f'{dst} already exists: pass --force (force=True) to overwrite it')
-    if not osp.isdir(folder):
+    existing = folder  # the folder, or the ancestor in which it will be created
+    while not osp.isdir(existing):
+        if osp.exists(existing):
+            raise SlowFastConversionError(f'Cannot write {dst}: {existing} is a file')
+        existing = osp.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise SlowFastConversionError(
-            f'Cannot write {dst}: the folder {folder} does not exist')
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SlowFastConversionError(
-            f'Cannot write {dst}: no write permission in {folder}')
+            f'Cannot write {dst}: no write permission in {existing}')
 
 
 def check_weights_fit(state_dict: Dict[str, Tensor], spec: ModelSpec) -> None:
     """Raise, listing every missing, unexpected or wrongly shaped key, unless
-    ``state_dict`` loads with ``strict=True`` into the classifier of ``spec``."""
-    from mmpretrain.registry import MODELS
+    ``state_dict`` loads with ``strict=True`` into the model of ``spec`` (an mmpretrain
+    classifier, or for video an mmaction2 recognizer)."""
+    scope = 'mmaction' if spec.video else 'mmpretrain'
+    MODELS = importlib.import_module(f'{scope}.registry').MODELS
     try:
-        with DefaultScope.overwrite_default_scope('mmpretrain'):
-            expected = MODELS.build(classifier_config(spec)).state_dict()
+        with DefaultScope.overwrite_default_scope(scope):
+            expected = MODELS.build(model_config(spec)).state_dict()
     except (ValueError, TypeError, KeyError) as e:
         raise SlowFastConversionError(
             f'Cannot build the model {spec.backbone}: {e}') from e
@@ -143,7 +150,7 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
     state_dict = slowfast_state_dict(checkpoint)
     cfg_text = checkpoint.get('cfg') if 'model_state' in checkpoint else None
     if isinstance(cfg_text, str):
-        spec = spec_from_slowfast_cfg(cfg_text)
+        spec = spec_from_slowfast_cfg(cfg_text, state_dict)
     else:
         kind = detect_model_kind(state_dict)
         spec = spec_from_state_dict(state_dict, kind, arch)
@@ -174,6 +181,7 @@ def write_atomically(writers: Dict[str, Callable]) -> None:
     temporaries: List[str] = []
     try:
         for path, write in writers.items():
+            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)),
                                        prefix=f'.{osp.basename(path)}.', suffix='.tmp')
             temporaries.append(tmp)

@@ -1,9 +1,10 @@
 """SlowFast reversible checkpoints (``MVIT.REV.ENABLE``) to mmrev state_dicts.
 
 Pure functions on dicts of tensors: recognise a SlowFast checkpoint, tell RevViT from
-RevMViT, and rename (and fuse, reshape) its keys into those of an mmpretrain
-``ImageClassifier`` with an mmrev backbone (``backbone.*``) and a ``LinearClsHead``
-(``head.fc.*``).
+RevMViT and image from video models, and rename (and fuse, split, reshape) its keys into
+those of an mmpretrain ``ImageClassifier`` with an mmrev backbone (``backbone.*``) and a
+``LinearClsHead`` (``head.fc.*``), or for video models an mmaction2 ``Recognizer3D``
+(``backbone.*``, ``cls_head.fc_cls.*``).
 """
 import re
 from collections import OrderedDict
@@ -19,12 +20,14 @@ MVIT_KEY_MARKERS = ('.attn.pool_', '.pre_q_fuse.', '.res_proj.')
 
 # SlowFast -> mmrev names outside the layers, and inside a layer (after its prefix).
 TOP_LEVEL_RULES = [
-    (r'^pos_embed$', 'backbone.pos_embed'),
+    (r'^(pos_embed|pos_embed_spatial|pos_embed_temporal)$', r'backbone.\1'),
     (r'^patch_embed\.proj\.(weight|bias)$', r'backbone.patch_embed.projection.\1'),
-    (r'^head\.projection\.(weight|bias)$', r'head.fc.\1'),
 ]
+HEAD_KEY = re.compile(r'^head\.projection\.(weight|bias)$')
+HEAD_NAMES = {False: 'head.fc', True: 'cls_head.fc_cls'}  # mmpretrain / mmaction2
 LAYER_RULES = [
-    (r'^F\.(norm|attn\.[qkv]|attn\.proj|attn\.norm_[qkv])\.(weight|bias)$', r'f.\1.\2'),
+    (r'^F\.(norm|attn\.[qkv]|attn\.qkv|attn\.proj|attn\.norm_[qkv])\.(weight|bias)$',
+     r'f.\1.\2'),
     (r'^F\.attn\.pool_([qkv])\.weight$', r'f.attn.pool_\1.weight'),
     (r'^G\.(norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$', r'g.\1.\2'),
     (r'^pre_q_fuse\.fuse_fn\.(fc1|fc2)\.(weight|bias)$', r'pre_q_fuse.mlp.\1.\2'),
@@ -36,10 +39,19 @@ FINAL_NORM_KEY = re.compile(r'^norm\.(weight|bias)$')
 # fusion or a residual projection.
 TRANSITION_KEY = re.compile(
     r'^rev_backbone\.layers\.(\d+)\.(F\.attn\.pool_q\.|pre_q_fuse\.|res_proj\.)')
-# RevViT fuses SlowFast's separate q, k, v Linears into one qkv Linear (rows q, k, v).
+# RevViT fuses SlowFast's separate q, k, v Linears into one qkv Linear (rows q, k, v);
+# RevMViT splits a fused one (SlowFast's default SEPARATE_QKV False) into q, k and v.
 SEPARATE_QKV = re.compile(r'^(.*\.attn\.)([qkv])\.(weight|bias)$')
-# RevMViT pools with Conv2d: SlowFast's Conv3d (C, 1, 1, k, k) loses its time dim.
+FUSED_QKV = re.compile(r'^(.*\.attn\.)qkv\.(weight|bias)$')
+# Image RevMViT pools with Conv2d: SlowFast's Conv3d (C, 1, 1, k, k) loses its time dim.
 POOL_WEIGHT = re.compile(r'\.attn\.pool_[qkv]\.weight$')
+PATCH_WEIGHT = 'patch_embed.proj.weight'
+
+
+def is_video(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether SlowFast weights are of a video model (a 3-D patch embedding)."""
+    weight = state_dict.get(PATCH_WEIGHT)
+    return weight is not None and weight.ndim == 5
 
 
 class SlowFastConversionError(ValueError):
@@ -68,9 +80,13 @@ def slowfast_state_dict(checkpoint) -> Dict[str, Tensor]:
     if 'model_state' in checkpoint:
         state = checkpoint['model_state']
     elif 'state_dict' in checkpoint:
+        what = ('an mmengine training checkpoint (state_dict, optimizer, message_hub)'
+                if 'message_hub' in checkpoint or 'optimizer' in checkpoint else
+                "an OpenMMLab checkpoint (it has a 'state_dict' entry)")
         raise SlowFastConversionError(
-            "This is an OpenMMLab checkpoint (it has a 'state_dict' entry), not a "
-            'SlowFast one: it needs no conversion')
+            f'This is {what}, not a SlowFast one: it needs no conversion; load it as it '
+            f'is (load_from, --resume, init_cfg=dict(type="Pretrained", ...), '
+            f'get_model(..., pretrained=PATH))')
     else:
         state = checkpoint
     if not isinstance(state, Mapping) or not state:
@@ -122,7 +138,9 @@ def key_renamer(state_dict: Mapping[str, Tensor], kind: str) -> Callable[[str], 
     ``s`` (``s`` transitions ``t_1 < ... < t_s <= i``) -> ``backbone.stages.{s}.transition``
     if ``i == t_s``, else ``backbone.stages.{s}.blocks.{j}`` (``j = i - t_s - 1``, ``i``
     in stage 0); final ``norm`` -> ``backbone.norm{n}``. Inside a layer ``F``/``G`` ->
-    ``f``/``g`` and ``pre_q_fuse.fuse_fn`` -> ``pre_q_fuse.mlp``.
+    ``f``/``g`` and ``pre_q_fuse.fuse_fn`` -> ``pre_q_fuse.mlp``. The classifier's
+    ``head.projection`` -> ``head.fc`` (mmpretrain), for video ``cls_head.fc_cls``
+    (mmaction2).
     """
     if kind == 'RevViT':
         layer_names = {i: f'layers.{i}' for i in layer_indices(state_dict)}
@@ -137,6 +155,8 @@ def key_renamer(state_dict: Mapping[str, Tensor], kind: str) -> Callable[[str], 
                               f'stages.{s}.blocks.{i - first - 1}')
         final_norm = f'norm{len(transitions)}'
 
+    head = HEAD_NAMES[is_video(state_dict)]
+
     def rename(key: str) -> Optional[str]:
         layer = LAYER_KEY.match(key)
         if layer:
@@ -144,6 +164,8 @@ def key_renamer(state_dict: Mapping[str, Tensor], kind: str) -> Callable[[str], 
             return inner and f'backbone.{layer_names[int(layer.group(1))]}.{inner}'
         if FINAL_NORM_KEY.match(key):
             return f'backbone.{final_norm}.{key.split(".")[-1]}'
+        if HEAD_KEY.match(key):
+            return f'{head}.{key.split(".")[-1]}'
         return _apply_rules(TOP_LEVEL_RULES, key)
 
     return rename
@@ -159,9 +181,9 @@ def _apply_rules(rules: list, key: str) -> Optional[str]:
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = None,
                        progress: bool = False) -> 'OrderedDict[str, Tensor]':
-    """Rename a SlowFast state_dict into mmrev ``backbone.*`` / ``head.fc.*`` keys
-    (:func:`key_renamer`), fusing q, k, v (RevViT) and dropping the time dim of the
-    pooling kernels (RevMViT).
+    """Rename a SlowFast state_dict into mmrev ``backbone.*`` / head keys
+    (:func:`key_renamer`), fusing q, k, v (RevViT) or splitting a fused qkv (RevMViT),
+    and dropping the time dim of the pooling kernels of image RevMViTs.
 
     Args:
         state_dict: SlowFast weights (``checkpoint['model_state']``).
@@ -172,6 +194,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = N
     """
     kind = kind or detect_model_kind(state_dict)
     rename = key_renamer(state_dict, kind)
+    squeeze_pools = not is_video(state_dict)
     converted, unknown, qkv_parts = OrderedDict(), [], {}
     items: Iterable = state_dict.items()
     if progress:
@@ -181,8 +204,17 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = N
         if new_key is None:
             unknown.append(key)
             continue
-        if POOL_WEIGHT.search(new_key) and value.ndim == 5 and value.shape[2] == 1:
+        if (squeeze_pools and POOL_WEIGHT.search(new_key) and value.ndim == 5
+                and value.shape[2] == 1):
             value = value.squeeze(2)
+        fused = FUSED_QKV.match(new_key) if kind == 'RevMViT' else None
+        if fused:
+            if value.shape[0] % 3:
+                raise SlowFastConversionError(
+                    f'{key} has {value.shape[0]} rows, not three equal q, k, v parts')
+            for part, rows in zip('qkv', value.chunk(3)):
+                converted[f'{fused.group(1)}{part}.{fused.group(2)}'] = rows
+            continue
         match = SEPARATE_QKV.match(new_key) if kind == 'RevViT' else None
         if match is None:
             converted[new_key] = value
@@ -213,7 +245,8 @@ def convert_slowfast_checkpoint(checkpoint, progress: bool = False) -> dict:
     :func:`convert_state_dict`."""
     state_dict = slowfast_state_dict(checkpoint)
     kind = detect_model_kind(state_dict)
-    meta = dict(converted_from='SlowFast', model=kind)
+    meta = dict(converted_from='SlowFast', model=kind,
+                task='video' if is_video(state_dict) else 'image')
     if isinstance(checkpoint.get('epoch'), int):
         meta['slowfast_epoch'] = checkpoint['epoch']
     return dict(state_dict=convert_state_dict(state_dict, kind, progress), meta=meta)

@@ -114,7 +114,14 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None,
     os.makedirs(model_dir, exist_ok=True)
     cached_file = osp.join(model_dir, osp.basename(urlparse(url).path))
     if not osp.exists(cached_file):
-        torch.hub.download_url_to_file(url, cached_file, progress=progress)
+        try:
+            torch.hub.download_url_to_file(url, cached_file, progress=progress)
+        except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts
+            raise RuntimeError(
+                f'Cannot download the checkpoint {url} ({error}). Download it where '
+                f'there is network access and pass the file instead: '
+                f'pretrained=PATH, load_from=PATH or init_cfg=dict(type="Pretrained", '
+                f'checkpoint=PATH); or put it at {cached_file}') from error
     return cached_file
 
 

@@ -1,7 +1,8 @@
 """What RevViT and RevMViT share: the reversible switch, input and output formats,
 pos-embed init, freezing."""
+import math
 from functools import partial
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
@@ -9,6 +10,8 @@ from torch import Tensor, nn
 
 from mmrev.reversible import trainable_parameters
 from mmrev.reversible.diagnostics import reversible_sequences, set_reversible
+
+from ..layers import grid_pos_embed, square_grid
 
 
 def _norm_of_concat(norm: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
@@ -21,11 +24,102 @@ class ReversibleBackbone(BaseBackbone):
 
     Subclasses set ``pos_embed`` and ``frozen_stages``, call :meth:`_set_out_type`, and
     list what ``frozen_stages`` freezes in :meth:`_frozen_modules` (besides
-    ``pos_embed``, frozen from stage 0 on).
+    ``pos_embed``, frozen from stage 0 on). Loading a checkpoint goes through
+    :meth:`_prepare_checkpoint`.
     """
 
     arch_zoo: dict = {}
     OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
+
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg)
+        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
+
+    def _prepare_checkpoint(self, state_dict: Dict[str, Tensor], prefix: str,
+                            *args) -> None:
+        """``load_state_dict`` pre-hook: interpolate a position embedding made for another
+        input size, skip the weights of the parts this model does not build (layers or
+        stages after its last output), and refuse weights of another architecture: a
+        :class:`ValueError` names the tensors whose shapes differ and the arch the
+        checkpoint looks like, instead of a warning and a model left at random."""
+        self._resize_checkpoint_pos_embed(state_dict, prefix)
+        unbuilt = tuple(prefix + part for part in self._unbuilt_prefixes())
+        for key in [k for k in state_dict if unbuilt and k.startswith(unbuilt)]:
+            del state_dict[key]
+        ours = {k: v.shape for k, v in self.state_dict(keep_vars=True).items()}
+        theirs = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        mismatched = [f'{k} {tuple(v.shape)} (model: {tuple(ours[k])})'
+                      for k, v in theirs.items() if k in ours and v.shape != ours[k]]
+        if theirs and (mismatched or not theirs.keys() & ours.keys()):
+            what = (f'{len(mismatched)} tensors have other shapes: ' + ', '.join(
+                mismatched[:4]) + (', ...' if len(mismatched) > 4 else '') if mismatched
+                else f'none of its {len(theirs)} tensors is one of this model\'s, e.g. '
+                + ', '.join(list(theirs)[:3]))
+            raise ValueError(
+                f'The checkpoint does not fit this {type(self).__name__} (arch '
+                f'{self.arch_settings}): {what}. It looks like '
+                f'{self._describe_weights(theirs)}: build the model with that arch, or '
+                f'load a checkpoint of this one')
+
+    def _build_pos_embed(self, grid: Sequence[int], embed_dims: int,
+                         separable: bool = False) -> None:
+        """An absolute position embedding for the token ``grid``: one table, or for
+        clips (t, h, w) with ``separable``, a spatial (h * w) and a temporal (t) one
+        that add up (SlowFast's ``SEP_POS_EMBED``)."""
+        self.patch_resolution = tuple(grid)
+        if separable:
+            self.pos_embed_spatial = nn.Parameter(
+                torch.zeros(1, math.prod(grid[1:]), embed_dims))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, grid[0], embed_dims))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(grid), embed_dims))
+
+    def _pos_embed_tables(self) -> Dict[str, Tuple[nn.Parameter, Tuple[int, ...]]]:
+        """Each position embedding table by name, with the grid it is made for."""
+        if 'pos_embed' in self._parameters:
+            return dict(pos_embed=(self.pos_embed, self.patch_resolution))
+        return dict(pos_embed_spatial=(self.pos_embed_spatial, self.patch_resolution[1:]),
+                    pos_embed_temporal=(self.pos_embed_temporal, self.patch_resolution[:1]))
+
+    def _pos_embed_map(self, grid: Sequence[int]) -> Tensor:
+        """The position embedding of a (1, *grid, C) token map, interpolated from the
+        grid it is made for when they differ."""
+        grid = tuple(grid)
+        if 'pos_embed' in self._parameters:
+            return grid_pos_embed(self.pos_embed, self.patch_resolution, grid)
+        spatial = grid_pos_embed(self.pos_embed_spatial, self.patch_resolution[1:], grid[1:])
+        temporal = grid_pos_embed(self.pos_embed_temporal, self.patch_resolution[:1],
+                                  grid[:1])
+        return spatial.unsqueeze(1) + temporal[:, :, None, None]
+
+    def _resize_checkpoint_pos_embed(self, state_dict: Dict[str, Tensor],
+                                     prefix: str) -> None:
+        """Interpolate a checkpoint's position embeddings made for another grid (square
+        spatial tables, temporal ones of any length) to this model's."""
+        for name, (table, grid) in self._pos_embed_tables().items():
+            theirs = state_dict.get(prefix + name)
+            if (theirs is None or theirs.shape == table.shape or theirs.ndim != 3
+                    or theirs.shape[-1] != table.shape[-1] or len(grid) == 3):
+                continue
+            src = square_grid(theirs.shape[1]) if len(grid) == 2 else (theirs.shape[1], )
+            with torch.no_grad():
+                state_dict[prefix + name] = grid_pos_embed(theirs, src, grid).flatten(1, -2)
+
+    def _unbuilt_prefixes(self) -> List[str]:
+        """Names (ending in '.') of the parts of the arch that this model does not
+        build."""
+        return []
+
+    def _describe_weights(self, state_dict: Dict[str, Tensor]) -> str:
+        """What backbone the weights ``state_dict`` (names without prefix) are of."""
+        raise NotImplementedError
+
+    @classmethod
+    def _zoo_name(cls, **settings) -> Optional[str]:
+        """The longest name of the arch zoo whose settings include ``settings``."""
+        names = [name for name, arch in cls.arch_zoo.items()
+                 if all(arch.get(k) == v for k, v in settings.items())]
+        return max(names, key=len) if names else None
 
     @classmethod
     def _zoo_arch(cls, name: str) -> dict:
@@ -41,13 +135,13 @@ class ReversibleBackbone(BaseBackbone):
         self.out_type = out_type
 
     def _format(self, x: Tensor) -> Tensor:
-        """A token map (B, H, W, C) as ``out_type`` asks: (B, C), (B, C, H, W) or
-        (B, H*W, C)."""
+        """A token map (B, *grid, C) as ``out_type`` asks: (B, C), (B, C, *grid) or
+        (B, prod(grid), C)."""
         if self.out_type == 'avg_featmap':
-            return x.mean(dim=(1, 2))
+            return x.mean(dim=tuple(range(1, x.ndim - 1)))
         if self.out_type == 'featmap':
-            return x.permute(0, 3, 1, 2).contiguous()
-        return x.flatten(1, 2)
+            return x.movedim(-1, 1).contiguous()
+        return x.flatten(1, -2)
 
     def _output(self, norm: nn.Module, x1: Tensor, x2: Tensor, run: Callable) -> Tensor:
         """``norm([x1, x2])`` (the streams' concatenation) as ``out_type`` asks, the norm
@@ -58,7 +152,8 @@ class ReversibleBackbone(BaseBackbone):
 
     @staticmethod
     def _check_input_size(x: Tensor, divisor: int, what: str) -> None:
-        """Raise if the image sides of ``x`` are not multiples of ``divisor``."""
+        """Raise if the image sides (the last two dims) of ``x`` are not multiples of
+        ``divisor``."""
         H, W = x.shape[-2:]
         if H % divisor or W % divisor:
             raise ValueError(f'Input size {H}x{W} is not a multiple of {what}: resize or '
@@ -99,14 +194,16 @@ class ReversibleBackbone(BaseBackbone):
         super().init_weights()
         if not (isinstance(self.init_cfg, dict)
                 and self.init_cfg['type'] == 'Pretrained'):
-            nn.init.trunc_normal_(self.pos_embed, std=.02)
+            for table, _ in self._pos_embed_tables().values():
+                nn.init.trunc_normal_(table, std=.02)
 
     def _frozen_modules(self) -> List[nn.Module]:
         raise NotImplementedError
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0:
-            self.pos_embed.requires_grad = False
+            for table, _ in self._pos_embed_tables().values():
+                table.requires_grad = False
         for module in self._frozen_modules():
             module.eval()
             for param in module.parameters():

@@ -14,8 +14,11 @@ Parameter names follow SlowFast's. A SlowFast ``model_state`` maps one-to-one on
   ``j = i - t_s - 1`` (``j = i`` in stage 0).
 * Inside a layer: ``F.`` -> ``f.``, ``G.`` -> ``g.``, ``pre_q_fuse.fuse_fn.`` ->
   ``pre_q_fuse.mlp.``; ``res_proj.*`` unchanged.
-* ``attn.pool_{q,k,v}.weight``: Conv3d ``(C, 1, 1, k, k)`` -> Conv2d ``(C, 1, k, k)``
-  (drop dim 2); ``attn.norm_{q,k,v}.*`` unchanged.
+* ``attn.pool_{q,k,v}.weight``: images: Conv3d ``(C, 1, 1, k, k)`` -> Conv2d
+  ``(C, 1, k, k)`` (drop dim 2); video: unchanged; ``attn.norm_{q,k,v}.*`` unchanged.
+* A fused ``attn.qkv.*`` (``MVIT.SEPARATE_QKV`` False) splits into ``attn.q``,
+  ``attn.k`` and ``attn.v``; ``pos_embed_spatial`` and ``pos_embed_temporal`` (video,
+  ``MVIT.SEP_POS_EMBED``) unchanged.
 * ``norm.*`` -> ``norm{n}.*`` (the last stage, ``n`` = number of transitions);
   ``head.projection.*`` belongs to the classifier head (mmpretrain: ``head.fc.*``).
 """
@@ -24,9 +27,8 @@ import re
 from collections import OrderedDict
 from functools import partial
 from numbers import Number
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from mmcv.cnn.bricks import DropPath
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
@@ -45,10 +47,10 @@ from ..layers import (
     PatchEmbed,
     PoolingAttention,
     TwoStreamFusion,
-    grid_pos_embed,
-    resize_pos_embed_hook,
 )
 from .base import ReversibleBackbone
+
+Grid = Tuple[int, ...]  # one value per axis of the token grid: (h, w) or (t, h, w)
 
 
 def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
@@ -59,7 +61,7 @@ def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
 
 
 def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                   pool_kernel: int, stride_kv: int, drop_path_rate: float,
+                   pool_kernel: Grid, stride_kv: Grid, drop_path_rate: float,
                    norm_cfg: dict, mlp_chunks: int = 1) -> ReversibleBlock:
     """``Y1 = X1 + D * PoolAttn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
     block's stochastic depth (one mask for both branches, as SlowFast); k and v pooled
@@ -88,9 +90,9 @@ class StageTransition(nn.Module):
         num_heads (int): attention heads.
         mlp_ratio (float): MLP hidden width over ``out_channels``.
         qkv_bias (bool): bias in the q, k, v projections.
-        pool_kernel (int): kernel of the pooling convolutions.
-        stride_q (int): downsampling of the grid.
-        stride_kv (int): stride of the k and v pooling.
+        pool_kernel (tuple[int]): kernel of the pooling convolutions, per grid axis.
+        stride_q (tuple[int]): downsampling of the grid, per axis.
+        stride_kv (tuple[int]): stride of the k and v pooling, per axis.
         fusion (str): :class:`TwoStreamFusion` mode.
         res_path (str): ``'conv'`` or ``'max'``.
         drop_path_rate (float): stochastic depth of the whole block.
@@ -101,8 +103,8 @@ class StageTransition(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_heads: int,
-                 mlp_ratio: float, qkv_bias: bool, pool_kernel: int, stride_q: int,
-                 stride_kv: int, fusion: str, res_path: str, drop_path_rate: float,
+                 mlp_ratio: float, qkv_bias: bool, pool_kernel: Grid, stride_q: Grid,
+                 stride_kv: Grid, fusion: str, res_path: str, drop_path_rate: float,
                  norm_cfg: dict, fusion_chunks: int = 1):
         super().__init__()
         self.fusion_chunks = fusion_chunks
@@ -112,8 +114,9 @@ class StageTransition(nn.Module):
         if res_path == 'conv':
             self.pool_skip = None
         elif res_path == 'max':
-            kernel = stride_q + 1 if stride_q > 1 else stride_q
-            self.pool_skip = nn.MaxPool2d(kernel, stride_q, stride_q // 2)
+            kernel = tuple(s + 1 if s > 1 else s for s in stride_q)
+            max_pool = nn.MaxPool3d if len(stride_q) == 3 else nn.MaxPool2d
+            self.pool_skip = max_pool(kernel, stride_q, tuple(s // 2 for s in stride_q))
         else:
             raise ValueError(f"res_path must be 'conv' or 'max', got {res_path!r}")
         self.f = nn.Sequential(OrderedDict(
@@ -148,7 +151,7 @@ class StageTransition(nn.Module):
         res = x if self.res_proj is None else self.res_proj(x)
         if self.pool_skip is None:
             return self.f.attn.pool_q_map(res)
-        return self.pool_skip(res.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.pool_skip(res.movedim(-1, 1)).movedim(1, -1)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, res: Tensor) -> Tensor:
         return res + self.f.attn.attend(q, k, v)
@@ -235,13 +238,22 @@ class RevMViT(ReversibleBackbone):
             embed_dims=96, num_layers=16, num_heads=1, transition_layers=(1, 3, 14),
             dim_mul=2., head_mul=2., q_stride=2, kv_stride=4, pool_kernel=3,
             pre_q_fusion='concat_linear_2', res_path='conv', mlp_ratio=4.,
-            qkv_bias=True, patch_kernel=7, patch_stride=4, patch_padding=3)),
+            qkv_bias=True, patch_kernel=7, patch_stride=4, patch_padding=3,
+            sep_pos_embed=False)),
+        # Rev-MViT-B 16x4 (Kinetics-400): clips, 3-D patches and pooling kernels
+        **dict.fromkeys(['vb', 'video-base'], dict(
+            embed_dims=96, num_layers=16, num_heads=1, transition_layers=(1, 3, 14),
+            dim_mul=2., head_mul=2., q_stride=(1, 2, 2), kv_stride=(1, 8, 8),
+            pool_kernel=(3, 3, 3), pre_q_fusion='avg', res_path='conv', mlp_ratio=4.,
+            qkv_bias=False, patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4),
+            patch_padding=(1, 3, 3), sep_pos_embed=True)),
     }
     REQUIRED_ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'transition_layers')
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
                  img_size: Union[int, Sequence[int]] = 224,
+                 num_frames: int = 16,
                  in_channels: int = 3,
                  drop_path_rate: float = 0.,
                  out_type: str = 'avg_featmap',
@@ -251,8 +263,8 @@ class RevMViT(ReversibleBackbone):
                  mlp_chunks: int = 4,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=[
-                     dict(type='TruncNormal', layer=['Linear', 'Conv2d'], std=.02,
-                          bias=0.),
+                     dict(type='TruncNormal', layer=['Linear', 'Conv2d', 'Conv3d'],
+                          std=.02, bias=0.),
                      dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
                  ]):
         super().__init__(init_cfg)
@@ -266,25 +278,27 @@ class RevMViT(ReversibleBackbone):
                              f'got {frozen_stages}')
         self.frozen_stages = frozen_stages
 
-        self.patch_embed = PatchEmbed(in_channels, arch['embed_dims'], arch['patch_kernel'],
-                                      arch['patch_stride'], arch['patch_padding'])
-        self.patch_resolution = tuple(
-            (size + 2 * arch['patch_padding'] - arch['patch_kernel']) // arch['patch_stride']
-            + 1 for size in to_2tuple(img_size))
-        self.pos_embed = nn.Parameter(torch.zeros(
-            1, self.patch_resolution[0] * self.patch_resolution[1], arch['embed_dims']))
-        self._register_load_state_dict_pre_hook(resize_pos_embed_hook, with_module=True)
+        dims = self.grid_dims = self._grid_dims(arch)
+        kernel, stride, padding = (self._per_axis(arch, key, dims) for key in (
+            'patch_kernel', 'patch_stride', 'patch_padding'))
+        self.patch_embed = PatchEmbed(in_channels, arch['embed_dims'], kernel, stride,
+                                      padding)
+        sizes = (num_frames, ) * (dims - 2) + tuple(to_2tuple(img_size))
+        self._build_pos_embed([(n + 2 * p - k) // s + 1 for n, k, s, p in zip(
+            sizes, kernel, stride, padding)], arch['embed_dims'], arch['sep_pos_embed'])
 
         dim_muls, head_muls, q_strides = (self._per_transition(arch, key, len(transitions))
                                           for key in ('dim_mul', 'head_mul', 'q_stride'))
+        q_strides = [self._per_axis(dict(q_stride=q), 'q_stride', dims) for q in q_strides]
         drop_path_rates = [drop_path_rate * i / max(num_layers - 1, 1)
                            for i in range(num_layers)]
         bounds = [0] + transitions + [num_layers]
         self.stage_first_layers = bounds[:num_stages]  # SlowFast's layer index
         channels, num_heads = arch['embed_dims'], arch['num_heads']
-        stride_kv = arch['kv_stride']
+        stride_kv = self._per_axis(arch, 'kv_stride', dims)
         common = dict(mlp_ratio=arch['mlp_ratio'], qkv_bias=arch['qkv_bias'],
-                      pool_kernel=arch['pool_kernel'], norm_cfg=norm_cfg)
+                      pool_kernel=self._per_axis(arch, 'pool_kernel', dims),
+                      norm_cfg=norm_cfg)
         self.stages = nn.ModuleList()
         self.stage_channels: List[int] = []
         for s in range(self.out_scales[-1] + 1):  # none after the last output
@@ -292,7 +306,7 @@ class RevMViT(ReversibleBackbone):
             if s > 0:
                 num_heads = round_width(num_heads, head_muls[s - 1])
                 out_channels = round_width(channels, dim_muls[s - 1], num_heads)
-                stride_kv = max(stride_kv // q_strides[s - 1], 1)
+                stride_kv = tuple(max(kv // q, 1) for kv, q in zip(stride_kv, q_strides[s - 1]))
                 transition = StageTransition(
                     2 * channels, out_channels, num_heads, stride_q=q_strides[s - 1],
                     stride_kv=stride_kv, fusion=arch['pre_q_fusion'],
@@ -307,8 +321,7 @@ class RevMViT(ReversibleBackbone):
             ], reversible=reversible)
             self.stages.append(RevMViTStage(transition, blocks))
             self.stage_channels.append(2 * channels)
-        self.total_stride = arch['patch_stride'] * math.prod(q_strides[:len(self.stages) - 1])
-        self._register_load_state_dict_pre_hook(self._drop_unbuilt_keys)
+        self.total_stride = stride[-1] * math.prod(q[-1] for q in q_strides[:len(self.stages) - 1])
         for s in self.out_scales:
             self.add_module(f'norm{s}', build_norm_layer(norm_cfg, self.stage_channels[s]))
         self._freeze_stages()
@@ -324,7 +337,8 @@ class RevMViT(ReversibleBackbone):
                              f'{list(cls.REQUIRED_ARCH_KEYS)} and optionally any of '
                              f'{sorted(allowed - set(cls.REQUIRED_ARCH_KEYS))}, '
                              f'got {arch!r}')
-        arch = {**cls.arch_zoo['base'], **arch}
+        default = 'video-base' if cls._grid_dims(arch) == 3 else 'base'
+        arch = {**cls.arch_zoo[default], **arch}
         layers, transitions = arch['num_layers'], sorted(arch['transition_layers'])
         gaps = [b - a for a, b in zip([-1] + transitions, transitions + [layers])]
         if min(gaps, default=2) < 2:
@@ -334,14 +348,35 @@ class RevMViT(ReversibleBackbone):
         return arch
 
     @staticmethod
-    def _per_transition(arch: dict, key: str, num_transitions: int) -> list:
+    def _grid_dims(arch: dict) -> int:
+        """3 for clips (a patch kernel with three sides, time first), else 2."""
+        kernel = arch.get('patch_kernel', 7)
+        return 2 if isinstance(kernel, Number) else len(kernel)
+
+    @staticmethod
+    def _per_axis(arch: dict, key: str, dims: int) -> Tuple[int, ...]:
+        """``arch[key]`` as one int per grid axis (time first for clips)."""
         value = arch[key]
         if isinstance(value, Number):
+            return (int(value), ) * dims
+        if len(value) != dims or not all(isinstance(v, Number) for v in value):
+            raise ValueError(f'{key} must be a number or {dims} numbers (one per axis of '
+                             f'the {"clip" if dims == 3 else "image"} grid), got {value!r}')
+        return tuple(int(v) for v in value)
+
+    @staticmethod
+    def _per_transition(arch: dict, key: str, num_transitions: int) -> list:
+        """``arch[key]`` once per transition: a list has one value per transition,
+        anything else (a number; for strides also a tuple, one value per axis) applies to
+        all."""
+        value = arch[key]
+        if not isinstance(value, list):
             return [value] * num_transitions
         if len(value) != num_transitions:
-            raise ValueError(f'{key} must be a number or have one value per transition '
-                             f'layer ({num_transitions}), got {value!r}')
-        return list(value)
+            raise ValueError(f'{key} must be a value for all transitions or a list with '
+                             f'one value per transition layer ({num_transitions}), got '
+                             f'{value!r}')
+        return value
 
     @staticmethod
     def _parse_out_scales(out_scales: Union[int, Sequence[int]],
@@ -366,14 +401,21 @@ class RevMViT(ReversibleBackbone):
         first = self.stage_first_layers[stage]
         return first if block is None else first + int(block) + (stage > 0)
 
-    def _drop_unbuilt_keys(self, state_dict: dict, prefix: str, *args) -> None:
-        """``load_state_dict`` pre-hook: skip the weights of stages after the last
-        output scale, which are not built, and their output norms."""
-        unbuilt = re.compile(re.escape(prefix) + r'(stages\.(\d+)|norm(\d+))\.')
-        for key in list(state_dict):
-            match = unbuilt.match(key)
-            if match and int(match.group(2) or match.group(3)) >= len(self.stages):
-                del state_dict[key]
+    def _unbuilt_prefixes(self) -> List[str]:
+        num_stages = len(self.arch_settings['transition_layers']) + 1
+        return [f'{part}{s}.' for s in range(len(self.stages), num_stages)
+                for part in ('stages.', 'norm')]
+
+    def _describe_weights(self, state_dict: Dict[str, Tensor]) -> str:
+        embed = state_dict.get('patch_embed.projection.weight')
+        blocks = {m.groups() for k in state_dict
+                  if (m := re.match(r'stages\.(\d+)\.(transition|blocks\.\d+)\.', k))}
+        if embed is None or not blocks:
+            return 'another model: no RevMViT patch embedding or stages in it'
+        dims, stages = embed.shape[0], len({stage for stage, _ in blocks})
+        name = self._zoo_name(embed_dims=dims, num_layers=len(blocks))
+        return (f"RevMViT arch '{name}'" if name else 'a RevMViT') + (
+            f' ({dims} dims, {len(blocks)} layers in {stages} stages)')
 
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
@@ -382,11 +424,12 @@ class RevMViT(ReversibleBackbone):
             getattr(self, f'norm{s}') for s in self.out_scales if s < self.frozen_stages]
 
     def embed(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
+        """Images (B, C, H, W) or clips (B, C, T, H, W) to position-embedded token maps
+        (B, h, w, C) or (B, t, h, w, C)."""
         self._check_input_size(x, self.total_stride,
                                f'{self.total_stride}, the stride of the last stage')
         x = self.patch_embed(x)
-        return x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
+        return x + self._pos_embed_map(x.shape[1:-1])
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x1 = x2 = self.embed(x)

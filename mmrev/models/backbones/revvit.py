@@ -1,16 +1,15 @@
 """Reversible Vision Transformer (RevViT), Mangalam et al., CVPR 2022."""
 import re
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
 
 from mmrev.registry import MODELS
 from mmrev.reversible import ReversibleBlock, ReversibleSequence
 
-from ..layers import Attention, Mlp, PatchEmbed, grid_pos_embed, resize_pos_embed_hook
+from ..layers import Attention, Mlp, PatchEmbed
 from .base import ReversibleBackbone
 
 
@@ -114,11 +113,8 @@ class RevViT(ReversibleBackbone):
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size,
                                       patch_size)
-        self.patch_resolution = tuple(s // patch_size for s in to_2tuple(img_size))
-        num_patches = self.patch_resolution[0] * self.patch_resolution[1]
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, self.embed_dims))
-        self._register_load_state_dict_pre_hook(resize_pos_embed_hook,
-                                                with_module=True)
+        self._build_pos_embed([s // patch_size for s in to_2tuple(img_size)],
+                              self.embed_dims)
         self.drop_after_pos = nn.Dropout(drop_rate)
 
         drop_path_rates = [drop_path_rate * i / max(num_layers - 1, 1)
@@ -132,7 +128,6 @@ class RevViT(ReversibleBackbone):
         if self.out_indices[-1] == num_layers - 1:
             self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
                          if final_norm else nn.Identity())
-        self._register_load_state_dict_pre_hook(self._drop_unbuilt_keys)
         self._freeze_stages()
 
     @classmethod
@@ -162,15 +157,20 @@ class RevViT(ReversibleBackbone):
         match = re.match(r'layers\.(\d+)\.', name)
         return int(match.group(1)) if match else None
 
-    def _drop_unbuilt_keys(self, state_dict: dict, prefix: str, *args) -> None:
-        """``load_state_dict`` pre-hook: skip the weights of the layers after the last
-        output, which are not built, and of the final norm if it is not built."""
-        unbuilt = re.compile(re.escape(prefix) + r'(layers\.(\d+)\.|norm\.)')
-        for key in list(state_dict):
-            match = unbuilt.match(key)
-            if match and (int(match.group(2)) >= len(self.layers) if match.group(2)
-                          else not hasattr(self, 'norm')):
-                del state_dict[key]
+    def _unbuilt_prefixes(self) -> List[str]:
+        unbuilt = [f'layers.{i}.' for i in range(len(self.layers),
+                                                self.arch_settings['num_layers'])]
+        return unbuilt + ([] if hasattr(self, 'norm') else ['norm.'])
+
+    def _describe_weights(self, state_dict: Dict[str, Tensor]) -> str:
+        layers = {int(m.group(1)) for k in state_dict if (m := re.match(r'layers\.(\d+)\.', k))}
+        embed = state_dict.get('patch_embed.projection.weight')
+        if embed is None or not layers:
+            return 'another model: no RevViT patch embedding or layers in it'
+        dims, num_layers = embed.shape[0], max(layers) + 1
+        name = self._zoo_name(embed_dims=dims, num_layers=num_layers)
+        return (f"RevViT arch '{name}'" if name else 'a RevViT') + (
+            f' ({dims} dims, {num_layers} layers, patch size {embed.shape[-1]})')
 
     def _frozen_modules(self) -> list:
         if self.frozen_stages < 0:
@@ -185,7 +185,7 @@ class RevViT(ReversibleBackbone):
         """Images (B, C, H, W) to position-embedded tokens (B, h, w, C)."""
         self._check_input_size(x, self.patch_size, f'the patch size {self.patch_size}')
         x = self.patch_embed(x)
-        x = x + grid_pos_embed(self.pos_embed, self.patch_resolution, x.shape[1:3])
+        x = x + self._pos_embed_map(x.shape[1:3])
         return self.drop_after_pos(x)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:

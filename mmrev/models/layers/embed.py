@@ -1,42 +1,57 @@
-"""Image to token map, and absolute position embeddings for any grid size."""
-from typing import Sequence, Tuple
+"""Images or clips to token maps, and absolute position embeddings for any grid size."""
+from typing import Optional, Sequence, Tuple, Union
 
-import torch
-from mmpretrain.models.utils import resize_pos_embed
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+Size = Union[int, Sequence[int]]
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+# interpolation of a position embedding over a grid of 1, 2 or 3 dims
+_MODES = {1: 'linear', 2: 'bicubic', 3: 'trilinear'}
 
 
 class PatchEmbed(nn.Module):
-    """A strided convolution mapping (B, C_in, H, W) images to (B, h, w, C) tokens.
+    """A strided convolution mapping images (B, C_in, H, W) to token maps (B, h, w, C),
+    or clips (B, C_in, T, H, W) to (B, t, h, w, C) when the kernel has three sides.
 
     Args:
         in_channels (int): image channels.
         embed_dims (int): token channels.
-        kernel_size (int): convolution kernel size.
-        stride (int): convolution stride.
-        padding (int): convolution padding. Defaults to 0.
+        kernel_size (int | Sequence[int]): convolution kernel; an int or two sides for
+            images, three (time first) for clips.
+        stride (int | Sequence[int]): convolution stride.
+        padding (int | Sequence[int]): convolution padding. Defaults to 0.
     """
 
-    def __init__(self, in_channels: int, embed_dims: int, kernel_size: int,
-                 stride: int, padding: int = 0):
+    def __init__(self, in_channels: int, embed_dims: int, kernel_size: Size,
+                 stride: Size, padding: Size = 0):
         super().__init__()
-        self.projection = nn.Conv2d(in_channels, embed_dims, kernel_size, stride,
-                                    padding)
+        dims = 2 if isinstance(kernel_size, int) else len(kernel_size)
+        self.projection = _CONV[dims](in_channels, embed_dims, kernel_size, stride, padding)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != self.projection.weight.ndim:
+            takes = ('clips (B, C, T, H, W)' if isinstance(self.projection, nn.Conv3d)
+                     else 'images (B, C, H, W)')
+            raise ValueError(f'This model takes {takes}, got a tensor of shape '
+                             f'{tuple(x.shape)}')
         # contiguous: a permuted view would carry its strides into every block's outputs,
         # and each LayerNorm and Linear would copy it first
-        return self.projection(x).permute(0, 2, 3, 1).contiguous()
+        return self.projection(x).movedim(1, -1).contiguous()
 
 
-def grid_pos_embed(pos_embed: Tensor, src_grid: Sequence[int],
-                   dst_grid: Sequence[int]) -> Tensor:
-    """Position embedding (1, h*w, C) of ``src_grid``, as a (1, h', w', C) map of
-    ``dst_grid``, bicubically interpolated when the grids differ."""
+def grid_pos_embed(pos_embed: Tensor, src_grid: Sequence[int], dst_grid: Sequence[int],
+                   mode: Optional[str] = None) -> Tensor:
+    """Position embedding (1, prod(src_grid), C) of ``src_grid``, as a (1, *dst_grid, C)
+    map of ``dst_grid``, interpolated when the grids differ (``mode``: bicubic over 2
+    dims, linear over 1, trilinear over 3)."""
     src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
-    if src_grid != dst_grid:
-        pos_embed = resize_pos_embed(pos_embed, src_grid, dst_grid, 'bicubic', 0)
-    return pos_embed.reshape(1, *dst_grid, -1)
+    if src_grid == dst_grid:
+        return pos_embed.reshape(1, *dst_grid, -1)
+    table = pos_embed.reshape(1, *src_grid, -1).movedim(-1, 1)
+    table = F.interpolate(table.float(), size=dst_grid, align_corners=False,
+                          mode=mode or _MODES[len(dst_grid)])
+    return table.to(pos_embed.dtype).movedim(1, -1)
 
 
 def square_grid(num_tokens: int) -> Tuple[int, int]:
@@ -46,17 +61,3 @@ def square_grid(num_tokens: int) -> Tuple[int, int]:
         raise ValueError(f'Cannot infer the grid of a position embedding with '
                          f'{num_tokens} tokens: it is not a square number')
     return side, side
-
-
-def resize_pos_embed_hook(module: nn.Module, state_dict: dict, prefix: str,
-                          *args, **kwargs) -> None:
-    """``load_state_dict`` pre-hook: interpolate a checkpoint's ``pos_embed`` made for
-    another resolution to ``module.pos_embed``'s grid ``module.patch_resolution``."""
-    key = prefix + 'pos_embed'
-    if key not in state_dict or state_dict[key].shape == module.pos_embed.shape:
-        return
-    ckpt_pos_embed = state_dict[key]
-    src_grid = square_grid(ckpt_pos_embed.shape[1])
-    with torch.no_grad():
-        state_dict[key] = grid_pos_embed(ckpt_pos_embed, src_grid,
-                                         module.patch_resolution).flatten(1, 2)

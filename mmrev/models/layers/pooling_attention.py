@@ -1,11 +1,17 @@
-"""Multi-head pooling attention (MViT) over token maps of shape (B, H, W, C)."""
-from typing import Optional
+"""Multi-head pooling attention (MViT) over token maps (B, H, W, C) or (B, T, H, W, C)."""
+import math
+from typing import Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor, nn
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+Axes = Union[int, Sequence[int]]
+
+
+def _axes(value: Axes, dims: int = 2) -> Tuple[int, ...]:
+    return (value, ) * dims if isinstance(value, int) else tuple(value)
 
 
 def pool_heads(x: Tensor, pool: Optional[nn.Conv2d], norm: Optional[nn.Module],
@@ -32,23 +38,28 @@ class PoolingAttention(nn.Module):
     convolutions followed by a LayerNorm over the head channels, then attend through
     ``F.scaled_dot_product_attention``. The output has q's (pooled) grid.
 
-    A stride of None means no pooling; so do kernel and stride both 1 (SlowFast's rule).
+    A stride of None means no pooling; so do kernel and stride both 1 on every axis
+    (SlowFast's rule). Kernels and strides have one value per axis of the token grid:
+    two for images (B, H, W, C), three for clips (B, T, H, W, C); an int means the same
+    on two axes.
 
     Args:
         in_channels (int): input channels.
         out_channels (int): channels of q, k, v and of the output.
         num_heads (int): number of attention heads.
         qkv_bias (bool): add a bias to the q, k, v projections. Defaults to True.
-        pool_kernel (int): kernel size of the pooling convolutions. Defaults to 3.
-        stride_q (int, optional): stride of the q pooling (the output's
+        pool_kernel (int | tuple[int]): kernel of the pooling convolutions.
+            Defaults to 3.
+        stride_q (int | tuple[int], optional): stride of the q pooling (the output's
             downsampling). Defaults to None.
-        stride_kv (int, optional): stride of the k and v pooling. Defaults to None.
+        stride_kv (int | tuple[int], optional): stride of the k and v pooling.
+            Defaults to None.
         norm_cfg (dict): norm after each pooling. Defaults to LN with eps 1e-6.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_heads: int,
-                 qkv_bias: bool = True, pool_kernel: int = 3,
-                 stride_q: Optional[int] = None, stride_kv: Optional[int] = None,
+                 qkv_bias: bool = True, pool_kernel: Axes = 3,
+                 stride_q: Optional[Axes] = None, stride_kv: Optional[Axes] = None,
                  norm_cfg: dict = dict(type='LN', eps=1e-6)):
         super().__init__()
         if out_channels % num_heads:
@@ -60,17 +71,20 @@ class PoolingAttention(nn.Module):
         self.v = nn.Linear(in_channels, out_channels, bias=qkv_bias)
         self.proj = nn.Linear(out_channels, out_channels)
         head_channels = out_channels // num_heads
+        kernel = _axes(pool_kernel)
+        conv = nn.Conv3d if len(kernel) == 3 else nn.Conv2d
         for name, stride in (('q', stride_q), ('k', stride_kv), ('v', stride_kv)):
-            pooled = stride is not None and (pool_kernel > 1 or stride > 1)
-            setattr(self, f'pool_{name}', nn.Conv2d(
-                head_channels, head_channels, pool_kernel, stride, pool_kernel // 2,
+            stride = None if stride is None else _axes(stride, len(kernel))
+            pooled = stride is not None and (math.prod(kernel) > 1 or math.prod(stride) > 1)
+            setattr(self, f'pool_{name}', conv(
+                head_channels, head_channels, kernel, stride, tuple(k // 2 for k in kernel),
                 groups=head_channels, bias=False) if pooled else None)
             setattr(self, f'norm_{name}',
                     build_norm_layer(norm_cfg, head_channels) if pooled else None)
 
     def pool_q_map(self, x: Tensor) -> Tensor:
-        """Pool a (B, H, W, out_channels) map the way q is pooled (the stage-transition
-        residual of RevMViT reuses q's pooling)."""
+        """Pool a (B, *grid, out_channels) map the way q is pooled (the
+        stage-transition residual of RevMViT reuses q's pooling)."""
         return pool_heads(x, self.pool_q, self.norm_q, self.num_heads)
 
     def pooled(self, name: str, x: Tensor) -> Tensor:
@@ -81,11 +95,11 @@ class PoolingAttention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Multi-head attention of pooled maps; the output has q's grid."""
-        B, H, W, C = q.shape
-        q, k, v = (t.flatten(1, 2).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        shape = q.shape
+        q, k, v = (t.flatten(1, -2).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
                    for t in (q, k, v))
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
+        return self.proj(x.transpose(1, 2).reshape(shape))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.attend(*(self.pooled(name, x) for name in 'qkv'))

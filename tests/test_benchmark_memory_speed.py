@@ -1,5 +1,6 @@
 """The benchmark tool's logic (not its timings): every case builds and trains, ratios."""
 import importlib.util
+import mmap
 from pathlib import Path
 
 import pytest
@@ -29,22 +30,73 @@ def revmvit():
     return family
 
 
+TINY_VIDEO_MVIT = dict(TINY_MVIT, q_stride=(1, 2, 2), kv_stride=(1, 4, 4),
+                       pool_kernel=(3, 3, 3), patch_kernel=(3, 7, 7),
+                       patch_stride=(2, 4, 4), patch_padding=(1, 3, 3))
 FAMILY_CASES = [('revvit', case) for case in bm.RevViTFamily.cases] + [
-    ('revmvit', case) for case in bm.RevMViTFamily.cases]
+    ('revmvit', case) for case in bm.RevMViTFamily.cases] + [
+    ('video', case) for case in bm.VideoFamily.cases]
 
 
 @pytest.mark.parametrize('family_name, case', FAMILY_CASES)
 def test_every_case_builds_and_runs_a_training_and_eval_step(family_name, case):
-    family = revvit() if family_name == 'revvit' else revmvit()
+    family = dict(revvit=revvit, revmvit=revmvit, video=video)[family_name]()
     depth, size = (1, 32) if family_name == 'revvit' else (5, 64)
     model = bm.set_mode(family.build(case, depth=depth, img_size=size), True)
     assert model.training
-    x = bm.make_input(2, size, 'cpu')
-    bm.train_step(model, x)
+    x = family.make_input(2, size, 'cpu')
+    assert x.shape == ((2, 3, 4, 64, 64) if family_name == 'video' else (2, 3, size, size))
+    family.train_step(model, x)
     params = [p for p in model.parameters() if p.requires_grad]
     assert params and all(p.grad is not None for p in params)
-    bm.eval_step(bm.set_mode(model, False), x)
+    family.eval_step(bm.set_mode(model, False), x)
     assert not model.training
+
+
+@pytest.mark.parametrize('case', ['revmvit-rev', 'mmpretrain-vit-ckpt'])
+def test_detector_cases_train_a_mask_rcnn_step(case):
+    family = bm.MaskRCNNFamily()
+    model = bm.set_mode(family.build(case, 0, 64), True)
+    family.train_step(model, family.make_input(1, 64, 'cpu'))
+    backbone = [p for p in model.backbone.parameters()]
+    assert all(p.grad is not None for p in backbone)
+    if case == 'revmvit-rev':
+        assert model.backbone.reversible and len(model.backbone.stages) == 4
+    else:
+        assert all(isinstance(b, bm.CheckpointedBlock) for b in model.backbone.layers)
+
+
+def test_detector_targets():
+    def row(case, mem):
+        return dict(case=case, img_size=1024, batch_size=1, depth=0, extra_mem_mib=mem)
+    rows = [row('revmvit-rev', 400.), row('revmvit-ordinary', 1000.),
+            row('mmpretrain-mvit-ckpt', 900.), row('revvit-rev', 600.),
+            row('revvit-ordinary', 1000.), row('mmpretrain-vit-ckpt', 500.)]
+    checks = {c['target']: c for c in bm.check_detector_targets(rows)}
+    assert checks['memory: revmvit-rev / revmvit-ordinary <= 0.5']['met']
+    assert checks['memory: mmpretrain-mvit-ckpt / revmvit-rev > 1']['met']
+    assert not checks['memory: revvit-rev / revvit-ordinary <= 0.5']['met']
+    assert not checks['memory: mmpretrain-vit-ckpt / revvit-rev > 1']['met']
+
+
+def video():
+    """Tiny video RevMViT on 4-frame clips, and mmaction2's smallest MViT."""
+    family = bm.VideoFamily(mvit_arch='tiny', num_frames=4)
+    family.kwargs = dict(arch=dict(TINY_VIDEO_MVIT, pre_q_fusion='avg', sep_pos_embed=True))
+    return family
+
+
+def test_video_family_measures_per_clip_against_mmaction2():
+    args = bm.parse_args(['--model', 'video', '--num-frames', '8'])
+    family = bm.make_family(args)
+    assert family.num_frames == 8 and family.kwargs['arch']['num_layers'] == 16
+    assert args.baseline == 'mmaction-mvit' and args.depths == [16]
+    per_clip = [dict(case='mmrev-rev', img_size=224, mib_per_image=100.),
+                dict(case='mmaction-mvit', img_size=224, mib_per_image=250.),
+                dict(case='mmaction-mvit-ckpt', img_size=224, mib_per_image=120.)]
+    checks = {c['target']: c for c in family.targets([], per_clip, 'cpu')}
+    assert not checks['per clip: mmaction-mvit / mmrev-rev >= 3']['met']
+    assert checks['per clip: mmaction-mvit-ckpt / mmrev-rev > 1']['met']
 
 
 def test_checkpointed_case_wraps_every_block_and_keeps_reversible_off():
@@ -70,7 +122,8 @@ def test_revmvit_depth_moves_the_last_transition():
 
 def test_step_memory_reports_extra_over_resting_state():
     model = bm.set_mode(revvit().build('mmrev-ordinary', 2, 32), True)
-    result = bm.step_memory(model, bm.make_input(2, 32, 'cpu'), repeats=1)
+    family = revvit()
+    result = bm.step_memory(model, family.make_input(2, 32, 'cpu'), 1, family.train_step)
     assert result['extra_mem_mib'] >= 0 and result['rest_mem_mib'] > 0
 
 
@@ -152,7 +205,8 @@ def test_config_must_hold_a_backbone_of_the_family(tmp_path):
                       "drop_path_rate=0.1, init_cfg=dict(type='Pretrained')))\n")
     kwargs = bm.RevViTFamily('base', str(config)).kwargs
     assert kwargs['arch']['embed_dims'] == 384 and kwargs['drop_path_rate'] == 0.1
-    assert 'init_cfg' not in kwargs and torch.is_tensor(bm.make_input(1, 16, 'cpu'))
+    assert 'init_cfg' not in kwargs
+    assert torch.is_tensor(bm.RevViTFamily().make_input(1, 16, 'cpu'))
     config.write_text("model = dict(backbone=dict(type='mmrev.RevMViT', mlp_chunks=4, "
                       "out_type='featmap', out_scales=(0, 1, 2, 3)))\n")
     kwargs = bm.RevMViTFamily(config=str(config)).kwargs
@@ -212,8 +266,12 @@ def test_median_times_counts_the_pages_each_step_maps_afresh():
     def step(model, x):
         model()
 
-    models = {'fresh 64 MiB': lambda: torch.ones(16 * 2**20),  # mapped anew by every call
-              'nothing': lambda: None}
+    def fresh_pages():  # 64 MiB mapped anew by every call, whatever malloc does
+        memory = mmap.mmap(-1, 2**26)
+        memory[::4096] = bytes(2**26 // 4096)
+        memory.close()
+
+    models = {'fresh 64 MiB': fresh_pages, 'nothing': lambda: None}
     (fresh_s, fresh_faults), (_, no_faults) = bm.median_times(
-        models, torch.zeros(1), step, steps=3, warmup=1).values()
+        models, None, step, steps=3, warmup=1).values()
     assert fresh_s > 0 and fresh_faults > 16 and no_faults < 16

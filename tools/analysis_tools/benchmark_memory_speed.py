@@ -19,7 +19,15 @@ alternatives a user would pick instead.
     mmpretrain-mvit       mmpretrain's ``MViT`` (MViTv2, ``--mvit-arch``)
     mmpretrain-mvit-ckpt  the same, each block under ``torch.utils.checkpoint``
 
-A training step is forward + backward of ``output.square().mean()``, gradients kept.
+``--model video``: the video RevMViT (``video-base``, clips of ``--num-frames``) in the
+cases of ``revmvit``, against mmaction2's ``MViT`` (``mmaction-mvit``, ``-ckpt``).
+
+``--model maskrcnn``: one Mask R-CNN training step with base-size backbones (see
+:class:`MaskRCNNFamily`): ``revmvit-rev``/``-ordinary`` and ``revvit-rev``/``-ordinary``
+against mmpretrain's MViTv2-B and ViT-B, ordinary and per-block checkpointed.
+
+A training step is forward + backward of ``output.square().mean()`` (for Mask R-CNN, of
+the detector's losses), gradients kept.
 
 Memory: the extra memory of one training step over the resting state (model, gradients and
 input allocated), median of a few steps after a warm-up, each case in a fresh subprocess.
@@ -61,7 +69,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -84,6 +92,12 @@ class CheckpointedBlock(nn.Module):
 
     def forward(self, *args):
         return _checkpointed(self.block, *args)
+
+
+def checkpoint_blocks(blocks: nn.ModuleList) -> None:
+    """Put each block of ``blocks`` under ``torch.utils.checkpoint``, in place."""
+    for i, block in enumerate(blocks):
+        blocks[i] = CheckpointedBlock(block)
 
 
 def _backbone_of_config(config: str, type_name: str) -> dict:
@@ -120,6 +134,20 @@ class Family:
 
     def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
         return []
+
+    def make_input(self, batch_size: int, img_size: int, device: str):
+        """A fixed batch of images (B, 3, S, S)."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(batch_size, 3, img_size, img_size,
+                           generator=generator).to(device)
+
+    def train_step(self, model: nn.Module, x) -> None:
+        """Forward and backward of ``output.square().mean()``."""
+        model(x)[-1].float().square().mean().backward()
+
+    @torch.no_grad()
+    def eval_step(self, model: nn.Module, x) -> None:
+        model(x)
 
     def check_case(self, case: str) -> None:
         if case not in self.cases:
@@ -207,24 +235,24 @@ class RevMViTFamily(Family):
 
     def build(self, case: str, depth: int, img_size: int) -> nn.Module:
         from mmpretrain.models import MViT
-
-        from mmrev.models import RevMViT
         self.check_case(case)
-        if case.startswith('mmpretrain'):
-            model = MViT(arch=self.mvit_arch, img_size=img_size,
-                         drop_path_rate=self.kwargs.get('drop_path_rate', 0.))
-            if case == 'mmpretrain-mvit-ckpt':
-                for i, block in enumerate(model.blocks):
-                    model.blocks[i] = CheckpointedBlock(block)
-            return model
+        if case.startswith('mmrev'):
+            return self.build_mmrev(case, depth, img_size)
+        model = MViT(arch=self.mvit_arch, img_size=img_size,
+                     drop_path_rate=self.kwargs.get('drop_path_rate', 0.))
+        if case.endswith('-ckpt'):
+            checkpoint_blocks(model.blocks)
+        return model
+
+    def build_mmrev(self, case: str, depth: int, img_size: int, **kwargs) -> nn.Module:
+        from mmrev.models import RevMViT
         model = RevMViT(**dict(self.kwargs, arch=self.arch_of_depth(depth),
-                               img_size=img_size, reversible=case == 'mmrev-rev'))
+                               img_size=img_size, reversible=case == 'mmrev-rev', **kwargs))
         if case == 'mmrev-ckpt':
             for stage in model.stages:
                 if stage.transition is not None:
                     stage.transition = CheckpointedBlock(stage.transition)
-                for i, block in enumerate(stage.blocks):
-                    stage.blocks[i] = CheckpointedBlock(block)
+                checkpoint_blocks(stage.blocks)
         return model
 
     def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
@@ -233,7 +261,114 @@ class RevMViTFamily(Family):
         return check_revmvit_targets(rows, per_image)
 
 
-FAMILIES = {'revvit': RevViTFamily, 'revmvit': RevMViTFamily}
+class VideoFamily(RevMViTFamily):
+    """Video RevMViT (``video-base``: Rev-MViT-B 16x4) against ordinary backprop and
+    per-block checkpointing of the same model, and mmaction2's ``MViT`` (MViTv2,
+    ``--mvit-arch``) ordinary and with per-block checkpointing, on clips of
+    ``num_frames`` square frames; memory per image is memory per clip."""
+
+    cases = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmaction-mvit',
+             'mmaction-mvit-ckpt')
+    eval_cases = ('mmrev-rev', 'mmaction-mvit')
+    baseline = 'mmaction-mvit'
+    default_arch = 'video-base'
+
+    def __init__(self, arch: str = None, config: str = None, mvit_arch: str = 'base',
+                 num_frames: int = 16):
+        super().__init__(arch, config, mvit_arch)
+        self.num_frames = num_frames
+
+    def build(self, case: str, depth: int, img_size: int) -> nn.Module:
+        import mmrev  # noqa: F401  makes mmaction2 1.2.0 importable
+        from mmaction.models import MViT
+        self.check_case(case)
+        if case.startswith('mmrev'):
+            return self.build_mmrev(case, depth, img_size, num_frames=self.num_frames)
+        model = MViT(arch=self.mvit_arch, spatial_size=img_size,
+                     temporal_size=self.num_frames, output_cls_token=False,
+                     drop_path_rate=self.kwargs.get('drop_path_rate', 0.))
+        if case.endswith('-ckpt'):
+            checkpoint_blocks(model.blocks)
+        return model
+
+    def make_input(self, batch_size: int, img_size: int, device: str):
+        """A fixed batch of clips (B, 3, T, S, S)."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(batch_size, 3, self.num_frames, img_size, img_size,
+                           generator=generator).to(device)
+
+    def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
+        return check_video_targets(per_image) if device == 'cpu' else []
+
+
+DETECTION_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
+                                 'configs', 'detection')
+
+
+class MaskRCNNFamily(Family):
+    """One Mask R-CNN training step (backbone, neck, RPN and RoI heads: mmrev's LSJ
+    configs, full-size heads) on a batch of images with three instances each, for
+    base-size backbones: Rev-MViT-B + FPN and RevViT-B + SimpleFPN, reversible and
+    ordinary, and mmpretrain's MViTv2-B (``MViT(arch='base')``) + FPN and ViT-B
+    (``VisionTransformer(arch='base')``) + SimpleFPN, ordinary and with per-block
+    checkpointing, in the same detector. ``depth`` is not used (the archs' own)."""
+
+    cases = ('revmvit-rev', 'revmvit-ordinary', 'mmpretrain-mvit', 'mmpretrain-mvit-ckpt',
+             'revvit-rev', 'revvit-ordinary', 'mmpretrain-vit', 'mmpretrain-vit-ckpt')
+    baseline = 'revmvit-ordinary'
+    default_depths = [0]
+
+    def backbone_kwargs(self, arch: str, config: str = None) -> dict:
+        return dict(arch='base')
+
+    def build(self, case: str, depth: int, img_size: int) -> nn.Module:
+        from mmdet.registry import MODELS
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+        self.check_case(case)
+        mvit = 'mvit' in case
+        config = ('mask-rcnn_revmvit-base_fpn_lsj-100e_coco.py' if mvit else
+                  'mask-rcnn_revvit-base_simplefpn_lsj-100e_coco.py')
+        cfg = Config.fromfile(os.path.join(DETECTION_CONFIGS, config)).model
+        cfg.data_preprocessor.batch_augments = None  # no padding to 1024
+        backbone = dict(cfg.backbone, img_size=img_size, init_cfg=None)
+        if case.startswith('mmpretrain'):
+            import mmpretrain.models  # noqa: F401  registers mmpretrain's backbones
+            backbone = (dict(type='mmpretrain.MViT', arch='base', img_size=img_size,
+                             drop_path_rate=0.2, out_scales=[0, 1, 2, 3]) if mvit else
+                        dict(type='mmpretrain.VisionTransformer', arch='base',
+                             img_size=img_size, drop_path_rate=0.1, out_type='featmap',
+                             with_cls_token=False))
+            cfg.neck.in_channels = [96, 192, 384, 768] if mvit else 768
+        else:
+            backbone['reversible'] = case.endswith('-rev')
+        cfg.backbone = backbone
+        init_default_scope('mmdet')
+        model = MODELS.build(cfg)
+        if case.endswith('-ckpt'):
+            checkpoint_blocks(model.backbone.blocks if mvit else model.backbone.layers)
+        return model
+
+    def make_input(self, batch_size: int, img_size: int, device: str):
+        """Packed data (uint8 images, three boxes and masks each), as a data loader
+        gives it to the detector's data preprocessor."""
+        from mmdet.testing import demo_mm_inputs
+        torch.manual_seed(0)
+        return demo_mm_inputs(batch_size, [(3, img_size, img_size)] * batch_size,
+                              num_items=[3] * batch_size, num_classes=80, with_mask=True)
+
+    def train_step(self, model: nn.Module, x) -> None:
+        data = model.data_preprocessor(x, True)
+        losses = model.loss(data['inputs'], data['data_samples'])
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+
+    def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
+        return check_detector_targets(rows) if device == 'cpu' else []
+
+
+FAMILIES = {'revvit': RevViTFamily, 'revmvit': RevMViTFamily, 'video': VideoFamily,
+            'maskrcnn': MaskRCNNFamily}
 
 
 def set_mode(model: nn.Module, training: bool) -> nn.Module:
@@ -241,38 +376,31 @@ def set_mode(model: nn.Module, training: bool) -> nn.Module:
     return model
 
 
-def train_step(model: nn.Module, x: torch.Tensor) -> None:
-    model(x)[-1].float().square().mean().backward()
-
-
-@torch.no_grad()
-def eval_step(model: nn.Module, x: torch.Tensor) -> None:
-    model(x)
-
-
 def _proc_status_kib(key: str) -> int:
     with open('/proc/self/status') as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ':'))
 
 
-def step_memory(model: nn.Module, x: torch.Tensor, repeats: int) -> Dict[str, float]:
-    """Median extra memory (MiB) of a training step over the resting state."""
-    train_step(model, x)  # warm-up: allocates gradients, pages in kernels
+def step_memory(model: nn.Module, x, repeats: int, step: Callable,
+                cuda: bool = False) -> Dict[str, float]:
+    """Median extra memory (MiB) of a training ``step(model, x)`` over the resting
+    state."""
+    step(model, x)  # warm-up: allocates gradients, pages in kernels
     extras = []
     for _ in range(repeats):
         gc.collect()
-        if x.is_cuda:
+        if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             rest = torch.cuda.memory_allocated()
-            train_step(model, x)
+            step(model, x)
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
         else:
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')  # reset the peak RSS (VmHWM) to the current RSS
             rest = _proc_status_kib('VmRSS') * 1024
-            train_step(model, x)
+            step(model, x)
             peak = _proc_status_kib('VmHWM') * 1024
         extras.append(peak - rest)
     return dict(extra_mem_mib=statistics.median(extras) / MIB, rest_mem_mib=rest / MIB)
@@ -282,8 +410,9 @@ def _minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def median_times(models: Dict[str, nn.Module], x: torch.Tensor, step, steps: int,
-                 warmup: int, clock=time.perf_counter) -> Dict[str, Tuple[float, float]]:
+def median_times(models: Dict[str, nn.Module], x, step: Callable, steps: int, warmup: int,
+                 clock=time.perf_counter, cuda: bool = False
+                 ) -> Dict[str, Tuple[float, float]]:
     """Median seconds and minor page faults of ``step(model, x)`` per model, models
     alternated every round."""
     times = {name: [] for name in models}
@@ -291,22 +420,17 @@ def median_times(models: Dict[str, nn.Module], x: torch.Tensor, step, steps: int
     for round_ in range(warmup + steps):
         order = list(models) if round_ % 2 == 0 else list(reversed(models))
         for name in order:
-            if x.is_cuda:
+            if cuda:
                 torch.cuda.synchronize()
             faults_before, start = _minor_page_faults(), clock()
             step(models[name], x)
-            if x.is_cuda:
+            if cuda:
                 torch.cuda.synchronize()
             if round_ >= warmup:
                 times[name].append(clock() - start)
                 faults[name].append(_minor_page_faults() - faults_before)
     return {name: (statistics.median(times[name]), statistics.median(faults[name]))
             for name in models}
-
-
-def make_input(batch_size: int, img_size: int, device: str) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, 3, img_size, img_size, generator=generator).to(device)
 
 
 def build_models(family: Family, cases, depth: int, img_size: int, device: str,
@@ -326,25 +450,26 @@ def worker(args, family: Family) -> Dict[str, dict]:
     """
     task, *case, depth, batch_size, img_size = args.worker.split(':')
     depth, batch_size, img_size = int(depth), int(batch_size), int(img_size)
-    x = make_input(batch_size, img_size, args.device)
+    x = family.make_input(batch_size, img_size, args.device)
     clock = time.thread_time if args.clock == 'cpu' else time.perf_counter
+    cuda = args.device.startswith('cuda')
     eval_cases = [c for c in args.cases if c in family.eval_cases]
     if task == 'memory':
         (model, ) = build_models(family, case, depth, img_size, args.device, True).values()
-        return {case[0]: step_memory(model, x, args.mem_repeats)}
+        return {case[0]: step_memory(model, x, args.mem_repeats, family.train_step, cuda)}
     results = {}
     if task == 'train':
         models = build_models(family, args.cases, depth, img_size, args.device, True)
-        for case, (t, faults) in median_times(models, x, train_step, args.steps,
-                                              args.warmup, clock).items():
+        for case, (t, faults) in median_times(models, x, family.train_step, args.steps,
+                                              args.warmup, clock, cuda).items():
             results[case] = dict(step_s=t, step_faults=faults)
         models = {c: set_mode(models[c], False) for c in eval_cases}
         key = 'eval_after_train'
     else:
         models = build_models(family, eval_cases, depth, img_size, args.device, False)
         key = 'eval'
-    for case, (t, faults) in median_times(models, x, eval_step, args.steps, args.warmup,
-                                          clock).items():
+    for case, (t, faults) in median_times(models, x, family.eval_step, args.steps,
+                                          args.warmup, clock, cuda).items():
         results.setdefault(case, {}).update(
             {f'{key}_img_s': batch_size / t, f'{key}_faults': faults})
     return results
@@ -531,6 +656,41 @@ def check_revmvit_targets(rows: List[dict], per_image: List[dict]) -> List[dict]
     return checks
 
 
+def check_detector_targets(rows: List[dict]) -> List[dict]:
+    """Issue 17's targets for Mask R-CNN, per image size: the reversible detector needs
+    at most half the memory of the same detector with ordinary backprop, and less than
+    the detector with mmpretrain's backbone under per-block checkpointing."""
+    at = {(r['case'], r['img_size'], r['batch_size']): r.get('extra_mem_mib') for r in rows}
+    checks = []
+    for (case, img_size, batch_size) in sorted(at):
+        backbone, _, mode = case.partition('-')
+        if mode != 'rev':
+            continue
+        where = f'{img_size} b{batch_size}'
+        rev = at[case, img_size, batch_size]
+        _check(checks, f'memory: {backbone}-rev / {backbone}-ordinary', where,
+               _ratio(rev, at.get((f'{backbone}-ordinary', img_size, batch_size))), '<=', 0.5)
+        ckpt = f'mmpretrain-{backbone[3:]}-ckpt'
+        _check(checks, f'memory: {ckpt} / {backbone}-rev', where,
+               _ratio(at.get((ckpt, img_size, batch_size)), rev), '>', 1)
+    return checks
+
+
+def check_video_targets(per_image: List[dict]) -> List[dict]:
+    """Issue 18's targets for the video RevMViT on CPU, per frame size: memory per clip
+    at least 3x below mmaction2's MViT with ordinary backprop, and below it with per-block
+    checkpointing."""
+    fit = {(f['case'], f['img_size']): f['mib_per_image'] for f in per_image}
+    checks = []
+    for img_size in sorted({size for _, size in fit}):
+        rev = fit.get(('mmrev-rev', img_size))
+        _check(checks, 'per clip: mmaction-mvit / mmrev-rev', str(img_size),
+               _ratio(fit.get(('mmaction-mvit', img_size)), rev), '>=', 3)
+        _check(checks, 'per clip: mmaction-mvit-ckpt / mmrev-rev', str(img_size),
+               _ratio(fit.get(('mmaction-mvit-ckpt', img_size)), rev), '>', 1)
+    return checks
+
+
 def format_targets(checks: List[dict], title: str) -> str:
     lines = [f"{c['target']:<45} {c['depth']:>8}  {c['value']:8.2f}  "
              + ('met' if c['met'] else f"MISSED by {100 * c['shortfall']:.1f}%")
@@ -600,7 +760,10 @@ def parse_args(argv=None):
                         "'base'; ignored with --config)")
     parser.add_argument('--config', help='a config whose model.backbone is of --model')
     parser.add_argument('--mvit-arch', default='base',
-                        help="--model revmvit: the arch of mmpretrain's MViT compared")
+                        help="--model revmvit / video: the arch of mmpretrain's / "
+                        "mmaction2's MViT compared")
+    parser.add_argument('--num-frames', type=int, default=16,
+                        help='--model video: frames per clip')
     parser.add_argument('--depths', type=int, nargs='+',
                         help='default: revvit 12 24 48, revmvit its arch depth')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[8])
@@ -630,7 +793,9 @@ def make_family(args) -> Family:
     """The family of ``args.model``; fills in the defaults of the family's cases,
     baseline and depths, and checks the ones given."""
     cls = FAMILIES[args.model]
-    extra = dict(mvit_arch=args.mvit_arch) if cls is RevMViTFamily else {}
+    extra = dict(mvit_arch=args.mvit_arch) if issubclass(cls, RevMViTFamily) else {}
+    if cls is VideoFamily:
+        extra['num_frames'] = args.num_frames
     family = cls(args.arch, args.config, **extra)
     args.cases = args.cases or list(family.cases)
     args.baseline = args.baseline or family.baseline

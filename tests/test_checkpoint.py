@@ -247,3 +247,14 @@ def test_classifier_with_another_head_still_loads_its_backbone(tmp_path):
     load_checkpoint(target, str(path))  # the head's shapes differ: mmengine warns
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(target.backbone.state_dict()[key], value)
+
+
+def test_multiscale_backbone_from_a_classifier_keeps_its_extra_norms():
+    from mmrev.models import RevMViT
+    arch = dict(embed_dims=8, num_layers=3, num_heads=1, transition_layers=[1])
+    classifier = RevMViT(arch=arch, img_size=32)
+    torch.nn.init.normal_(classifier.norm1.weight)
+    detector = RevMViT(arch=arch, img_size=32, out_type='featmap', out_scales=(0, 1))
+    detector.load_state_dict(classifier.state_dict(), strict=True)  # norm0: none missing
+    assert torch.equal(detector.norm1.weight, classifier.norm1.weight)
+    assert torch.equal(detector.norm0.weight, torch.ones(16))

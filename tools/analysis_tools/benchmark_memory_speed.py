@@ -279,7 +279,8 @@ class VideoFamily(RevMViTFamily):
         self.num_frames = num_frames
 
     def build(self, case: str, depth: int, img_size: int) -> nn.Module:
-        import mmrev  # noqa: F401  makes mmaction2 1.2.0 importable
+        from mmrev.openmmlab import patch_mmaction_drn
+        patch_mmaction_drn()  # mmaction2 1.2.0 as published lacks a package
         from mmaction.models import MViT
         self.check_case(case)
         if case.startswith('mmrev'):

@@ -60,6 +60,12 @@ class ReversibleBackbone(BaseBackbone):
                 f'{self.arch_settings}): {what}. It looks like '
                 f'{self._describe_weights(theirs)}: build the model with that arch, or '
                 f'load a checkpoint of this one')
+        if theirs:
+            self._complete_checkpoint(state_dict, prefix)
+
+    def _complete_checkpoint(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        """Add to a checkpoint of this backbone what it lacks by design and the model
+        keeps at its initialisation (in place)."""
 
     def _build_pos_embed(self, grid: Sequence[int], embed_dims: int,
                          separable: bool = False) -> None:

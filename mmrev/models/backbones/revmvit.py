@@ -30,6 +30,7 @@ from numbers import Number
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from torch import Tensor, nn
 
@@ -405,6 +406,21 @@ class RevMViT(ReversibleBackbone):
         num_stages = len(self.arch_settings['transition_layers']) + 1
         return [f'{part}{s}.' for s in range(len(self.stages), num_stages)
                 for part in ('stages.', 'norm')]
+
+    def _complete_checkpoint(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        """A classifier's weights hold the last stage's output norm only: the norms of
+        the other scales a detector outputs keep their initialisation, said once in
+        the log rather than as missing keys."""
+        missing = [f'norm{s}' for s in self.out_scales
+                   if not any(k.startswith(f'{prefix}norm{s}.') for k in state_dict)]
+        if not missing or not any(k.startswith(f'{prefix}stages.') for k in state_dict):
+            return
+        for name in missing:
+            for key, value in getattr(self, name).state_dict().items():
+                state_dict[f'{prefix}{name}.{key}'] = value.clone()
+        print_log(f'RevMViT: the checkpoint has no output norm {", ".join(missing)} (a '
+                  f"classifier's has only its last stage's): they keep their "
+                  f'initialisation and are trained with the rest', logger='current')
 
     def _describe_weights(self, state_dict: Dict[str, Tensor]) -> str:
         embed = state_dict.get('patch_embed.projection.weight')

@@ -110,7 +110,16 @@ def config_text(spec: ModelSpec, source: str) -> str:
     image model, mmaction2's for a video one."""
     sections = video_config_sections(spec) if spec.video else image_config_sections(spec)
     lines = [f'# {spec.kind} converted from the SlowFast checkpoint {source}',
-             '# by tools/model_converters/slowfast_to_mmrev.py.']
+             '# by tools/model_converters/slowfast_to_mmrev.py.',
+             '# Test: tools/test.py THIS_CONFIG CHECKPOINT (the test_dataloader below names',
+             '#   the data folder; --cfg-options test_dataloader.dataset.data_root=... moves it).']
+    lines += (['# Predict: from mmaction.apis import init_recognizer, inference_recognizer;',
+               "#   inference_recognizer(init_recognizer(THIS_CONFIG, CHECKPOINT), 'clip.mp4')."]
+              if spec.video else
+              ['# Predict: from mmpretrain import ImageClassificationInferencer;',
+               "#   ImageClassificationInferencer(THIS_CONFIG, pretrained=CHECKPOINT)('image.jpg')",
+               "#   or get_model(THIS_CONFIG, pretrained=CHECKPOINT) for the model alone",
+               "#   (mmpretrain's inference_model knows the names of its ModelHub only)."])
     lines += [f'{name} = {_format(value, lead=len(name) + 3)}' for name, value in sections.items()]
     return '\n'.join(lines) + '\n'
 

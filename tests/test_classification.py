@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,10 @@ import mmrev  # noqa: F401  registers mmrev's models
 from mmrev.converters import convert_slowfast_file, spec_from_slowfast_cfg
 from mmrev.model_index import model_index_root, register_models
 
+from conftest import SLOWFAST_FIXTURES
+
 ROOT = Path(__file__).parents[1]
-FIXTURES = Path(os.environ.get('MMREV_SLOWFAST_FIXTURES', '/work/shared/fixtures/slowfast'))
+FIXTURES = SLOWFAST_FIXTURES
 CONFIGS = sorted(str(p.relative_to(ROOT)) for folder in ('revvit', 'revmvit')
                  for p in (ROOT / 'configs' / folder).glob('*.py'))
 DIGITS_CONFIG = ROOT / 'configs' / 'revmvit' / 'revmvit-tiny_1xb64_digits.py'
@@ -333,3 +336,28 @@ default_hooks = dict(checkpoint=dict(interval=1))
     assert 'Epoch(train) [3]' in out
     assert 'Epoch(train) [1]' not in out and 'Epoch(train) [2]' not in out
     assert (work_dir / 'epoch_3.pth').is_file()
+
+
+def test_amp_on_cpu_reconstructs_as_in_fp32(digits_root, tmp_path):
+    """``--amp`` on CPU (bf16 autocast) with the README's digits config: the fp32
+    streams reconstruct to within bfloat16's precision, the gradients match ordinary
+    backprop's to within it, and the hook's default tolerance under autocast does not
+    warn."""
+    config = ROOT / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'
+    out = run_tool(ROOT / 'tools' / 'train.py', config, '--amp', '--work-dir', tmp_path,
+                   '--cfg-options', f'data_root={digits_root}',
+                   f'train_dataloader.dataset.data_root={digits_root}',
+                   f'val_dataloader.dataset.data_root={digits_root}',
+                   'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+                   'train_cfg.max_epochs=1', 'train_cfg.val_interval=2',
+                   'custom_hooks.0.interval=10', 'custom_hooks.0.check_grad=True',
+                   'default_hooks.checkpoint.interval=2')
+    assert 'BF16OptimWrapper' in out
+    recon = [float(m) for m in re.findall(r'rev/recon_err: (\S+?),?\s', out)]
+    grad = [float(m) for m in re.findall(r'rev/grad_err: (\S+?),?\s', out)]
+    # a recomputed input one float32 ulp off can round to another bfloat16 in the
+    # recompute: errors up to bfloat16's precision, not float32's (seen: 6e-8, 2.4e-4)
+    bf16_eps = torch.finfo(torch.bfloat16).eps
+    assert len(recon) == 2 and max(recon) < 4 * bf16_eps, recon
+    assert len(grad) == 2 and max(grad) < bf16_eps, grad
+    assert 'recomputes its inputs with relative error' not in out

@@ -48,8 +48,12 @@ class ReversibleBackpropHook(Hook):
             setting. Defaults to True.
         begin_iter (int): ordinary backprop before this iteration. Defaults to 0.
         interval (int): check every ``interval`` iterations; 0: never. Defaults to 100.
-        tolerance (float): the largest relative reconstruction error accepted.
-            Defaults to 1e-3.
+        tolerance (float, optional): the largest relative reconstruction error
+            accepted. None: 1e-3 in float32, and under autocast 4 x the autocast
+            dtype's epsilon (bfloat16: 3.1e-2, float16: 3.9e-3), since the recompute
+            runs in that dtype: a one-ulp difference in a recomputed float32 input can
+            flip a rounding to bfloat16/float16 and hence move the reconstruction by up
+            to the autocast dtype's precision. Defaults to None.
         policy (str): when a stack's error exceeds ``tolerance`` (or is NaN) while it
             runs reversible backprop: ``'warn'``; ``'switch'`` every stack to ordinary
             backprop for the rest of the run, from the failing stack of this
@@ -69,7 +73,7 @@ class ReversibleBackpropHook(Hook):
                  reversible: bool = True,
                  begin_iter: int = 0,
                  interval: int = 100,
-                 tolerance: float = 1e-3,
+                 tolerance: Optional[float] = None,
                  policy: str = 'warn',
                  check_grad: bool = False,
                  log_memory: bool = True):
@@ -78,8 +82,8 @@ class ReversibleBackpropHook(Hook):
         if begin_iter < 0 or interval < 0:
             raise ValueError(f'begin_iter and interval must be >= 0, got {begin_iter} '
                              f'and {interval}')
-        if not tolerance > 0:
-            raise ValueError(f'tolerance must be > 0, got {tolerance}')
+        if tolerance is not None and not tolerance > 0:
+            raise ValueError(f'tolerance must be > 0 or None, got {tolerance}')
         self.reversible = reversible
         self.begin_iter = begin_iter
         self.interval = interval
@@ -131,10 +135,11 @@ class ReversibleBackpropHook(Hook):
         if self.log_memory:
             _reset_peak_memory(self._device)
         abs_err, rel_err = errors[:2]
-        if not stack.reversible or rel_err <= self.tolerance:
+        tolerance = self._tolerance(x1.device.type)
+        if not stack.reversible or rel_err <= tolerance:
             return None
         message = (f'Reversible stack {name!r} recomputes its inputs with relative error '
-                   f'{rel_err:.2e} (max abs {abs_err:.2e}) > tolerance {self.tolerance:.1e} '
+                   f'{rel_err:.2e} (max abs {abs_err:.2e}) > tolerance {tolerance:.1e} '
                    f'at iteration {runner.iter + 1}: reversible backprop gives wrong '
                    f'gradients.')
         if self.policy == 'raise':
@@ -151,6 +156,14 @@ class ReversibleBackpropHook(Hook):
         runner.logger.warning(f'{message} Switched every reversible stack to ordinary '
                               f'backprop for the rest of the run, this iteration included.')
         return stack.forward(x1, x2, **kwargs)  # redone with ordinary autograd
+
+    def _tolerance(self, device_type: str) -> float:
+        """The tolerance under the current (the forward's) autocast state."""
+        if self.tolerance is not None:
+            return self.tolerance
+        if torch.is_autocast_enabled(device_type):
+            return 4 * torch.finfo(torch.get_autocast_dtype(device_type)).eps
+        return 1e-3
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:

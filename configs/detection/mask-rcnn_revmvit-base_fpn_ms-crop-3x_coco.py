@@ -37,3 +37,6 @@ optim_wrapper = dict(
     type='AmpOptimWrapper',
     optimizer=dict(type='AdamW', lr=1.6e-4, betas=(0.9, 0.999), weight_decay=0.1),
     paramwise_cfg=dict(norm_decay_mult=0., custom_keys={'pos_embed': dict(decay_mult=0.)}))
+
+# crash-safe checkpoints: a kill while saving keeps the previous one and last_checkpoint
+default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook'))

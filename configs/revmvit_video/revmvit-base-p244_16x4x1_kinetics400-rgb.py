@@ -111,7 +111,7 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=base_lr / 100,
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
-default_hooks = dict(checkpoint=dict(interval=5, max_keep_ckpts=5))
+default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval=5, max_keep_ckpts=5))
 custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=500)]
 # 16 machines x 8 GPUs x 2 videos, each sampled twice: 512 clips per iteration
 auto_scale_lr = dict(enable=False, base_batch_size=512 // repeat_sample)

@@ -69,7 +69,8 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=max_epochs - 2, eta_min=2e-5, by_epoch=True,
          begin=2, end=max_epochs, convert_to_iter_based=True),
 ]
-default_hooks = dict(checkpoint=dict(interval=5, max_keep_ckpts=1, save_best=None),
+default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval=5,
+                                     max_keep_ckpts=1, save_best=None),
                      logger=dict(interval=10))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 # reversible backprop's reconstruction error and the peak memory, in the log

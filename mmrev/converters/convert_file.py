@@ -7,14 +7,14 @@ leaves no partial file and changes no existing one.
 import importlib
 import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from mmengine.registry import DefaultScope
 from torch import Tensor
 
+from ..fileio import write_atomically
 from .config_file import config_text, model_config
 from .slowfast import (
     SlowFastConversionError,
@@ -171,34 +171,10 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
         text = config_text(spec, osp.basename(src)).encode()
         writers[config_path] = lambda f: f.write(text)
     log('Writing ' + ' and '.join(writers))
-    write_atomically(writers)
+    try:
+        write_atomically(writers)
+    except OSError as e:
+        raise SlowFastConversionError(f'Cannot write {list(writers)}: {e}') from e
     return ConversionResult(dst, config_path, spec, len(converted['state_dict']))
 
 
-def write_atomically(writers: Dict[str, Callable]) -> None:
-    """Write each file through ``writers[path](binary_file)`` into a temporary file
-    beside it; move them all into place only once every one is written."""
-    temporaries: List[str] = []
-    try:
-        for path, write in writers.items():
-            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)),
-                                       prefix=f'.{osp.basename(path)}.', suffix='.tmp')
-            temporaries.append(tmp)
-            with os.fdopen(fd, 'wb') as f:
-                write(f)
-            os.chmod(tmp, 0o666 & ~_umask())
-        for tmp, path in zip(temporaries, writers):
-            os.replace(tmp, path)
-    except OSError as e:
-        raise SlowFastConversionError(f'Cannot write {list(writers)}: {e}') from e
-    finally:
-        for tmp in temporaries:
-            if osp.exists(tmp):
-                os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,8 +1,8 @@
 """Runtime parts of mmrev: checkpoint loading (:mod:`~mmrev.engine.checkpoint`), mixed
-precision (:mod:`~mmrev.engine.amp`), CPU distributed set-up, the reversible-backprop hook
-and the layer-decay optimizer constructor. Each submodule is imported when first used
-(``from mmrev.engine import X`` or a config naming ``mmrev.X``), so that loading
-checkpoints does not import mmpretrain."""
+precision (:mod:`~mmrev.engine.amp`), CPU distributed set-up, the reversible-backprop
+and crash-safe checkpoint hooks and the layer-decay optimizer constructor. Each
+submodule is imported when first used (``from mmrev.engine import X`` or a config naming
+``mmrev.X``), so that loading checkpoints does not import mmpretrain."""
 import importlib
 
 _EXPORTS = {
@@ -10,6 +10,7 @@ _EXPORTS = {
     'amp_optim_wrapper': 'amp',
     'load_checkpoint_file': 'checkpoint',
     'setup_cpu_distributed': 'distributed',
+    'AtomicCheckpointHook': 'hooks',
     'ReversibleBackpropHook': 'hooks',
     'LayerDecayOptimWrapperConstructor': 'optimizers',
 }

@@ -53,3 +53,6 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={
         '.f.norm.': no_decay, '.g.norm.': no_decay, '.attn.norm_': no_decay,
         'pos_embed': no_decay}))
+
+# crash-safe checkpoints: a kill while saving keeps the previous one and last_checkpoint
+default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook'))

@@ -50,7 +50,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=25),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1),
+    checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval=max_epochs, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=200)]

@@ -1,3 +1,4 @@
+from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .reversible_backprop_hook import ReversibleBackpropHook
 
-__all__ = ['ReversibleBackpropHook']
+__all__ = ['AtomicCheckpointHook', 'ReversibleBackpropHook']

@@ -1,8 +1,10 @@
 """Faults injected into training: a process killed while it writes a checkpoint."""
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +91,86 @@ def test_every_config_saves_checkpoints_atomically(path):
     from mmengine.config import Config
     hook = Config.fromfile(path).default_hooks.checkpoint
     assert hook.type == 'mmrev.AtomicCheckpointHook'
+
+
+class RunsCode:
+    """Pickles to a call of ``os.system``: loading it must not run the command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f'touch {self.marker}', )
+
+
+def hostile_checkpoints(tmp_path: Path):
+    """(name, bytes or object to torch.save) of broken and hostile checkpoints, made
+    from the tiny SlowFast fixture."""
+    from conftest import SLOWFAST_FIXTURES
+    good = (SLOWFAST_FIXTURES / 'revvit_tiny.pyth').read_bytes()
+    checkpoint = torch.load(SLOWFAST_FIXTURES / 'revvit_tiny.pyth', weights_only=True)
+    state = checkpoint['model_state']
+    keys = sorted(state)
+    rng = np.random.default_rng(0)
+    for cut in np.linspace(0, len(good) - 1, 100).astype(int):
+        yield f'truncated_{cut}', good[:cut]
+    for i in range(40):
+        yield f'random_{i}', rng.integers(0, 256, int(rng.integers(1, 20000)),
+                                          dtype=np.uint8).tobytes()
+    wrong = [None, 3, 'weights', [torch.zeros(2)], (1, 2), {}, {'model_state': None},
+             {'model_state': []}, {'model_state': {}}, {'model_state': {'a': 1}},
+             {'model_state': {1: torch.zeros(1)}}, {'cfg': checkpoint['cfg']},
+             {'model_state': {k: v.tolist() for k, v in state.items()}},
+             {'state_dict': state}, {'model_state': {k: str(v) for k, v in state.items()}},
+             torch.zeros(3), {'model_state': torch.zeros(3)}]
+    for i, obj in enumerate(wrong):
+        yield f'structure_{i}', obj
+    for i, key in enumerate(rng.choice(keys, 40)):
+        dtype = (torch.int64, torch.int32, torch.uint8, torch.bool)[i % 4]
+        yield f'dtype_{i}', dict(checkpoint, model_state=dict(state, **{
+            key: state[key].to(dtype)}))
+    for i, key in enumerate(rng.choice(keys, 40)):
+        renamed = {(f'{k}_renamed' if k == key else k): v for k, v in state.items()}
+        yield f'renamed_{i}', dict(checkpoint, model_state=renamed)
+    for i, key in enumerate(rng.choice(keys, 40)):
+        value = state[key]
+        shape = (value.numel() + 1, ) if i % 2 else (1, *value.shape)
+        yield f'reshaped_{i}', dict(checkpoint, model_state=dict(state, **{
+            key: torch.zeros(shape)}))
+    for i in range(4):
+        marker = tmp_path / f'pwned_{i}'
+        payload = [RunsCode(marker), {'model_state': RunsCode(marker)},
+                   dict(checkpoint, cfg=RunsCode(marker)),
+                   dict(checkpoint, model_state=dict(state, extra=RunsCode(marker)))][i]
+        yield f'code_{i}', payload
+        yield f'code_legacy_{i}', (payload, )  # the pre-zip pickle format
+
+
+def test_broken_and_hostile_checkpoints_are_refused(tmp_path):
+    """Each of ~300 broken or hostile files: the converter refuses it with a
+    SlowFastConversionError naming the problem and writes nothing; the checkpoint
+    loader raises (never returns something silently wrong for unreadable files); no
+    pickled code runs."""
+    from mmrev.converters import SlowFastConversionError, convert_slowfast_file
+    cases = list(hostile_checkpoints(tmp_path))
+    assert len(cases) >= 280
+    for name, content in cases:
+        src = tmp_path / 'src' / f'{name}.pyth'
+        src.parent.mkdir(exist_ok=True)
+        if isinstance(content, bytes):
+            src.write_bytes(content)
+        elif isinstance(content, tuple):
+            torch.save(content[0], src, _use_new_zipfile_serialization=False)
+        else:
+            torch.save(content, src)
+        dst = tmp_path / 'out' / f'{name}.pth'
+        with pytest.raises(SlowFastConversionError) as error:
+            convert_slowfast_file(src, dst)
+        message = str(error.value)
+        assert len(message) > 20 and '\x1b' not in message, (name, message)
+        assert not (tmp_path / 'out').exists(), name
+        if isinstance(content, bytes) or name.startswith('code'):
+            with pytest.raises((RuntimeError, pickle.UnpicklingError)):
+                load_checkpoint_file(src)
+    assert not list(tmp_path.glob('pwned_*'))

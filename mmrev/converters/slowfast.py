@@ -91,6 +91,11 @@ def slowfast_state_dict(checkpoint) -> Dict[str, Tensor]:
         state = checkpoint
     if not isinstance(state, Mapping) or not state:
         raise SlowFastConversionError('The checkpoint holds no model weights')
+    not_names = [repr(k) for k in state if not isinstance(k, str)]
+    if not_names:
+        raise SlowFastConversionError(
+            f'Parameter names are strings; found {preview_keys(not_names)}: the file is '
+            f'corrupted or not a SlowFast model')
     not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise SlowFastConversionError(
@@ -226,6 +231,12 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], kind: Optional[str] = N
     if unknown:
         raise SlowFastConversionError(
             f'Unexpected keys for a SlowFast {kind}: {preview_keys(unknown)}')
+    not_float = [f'{k} ({v.dtype})' for k, v in state_dict.items()
+                 if not v.is_floating_point()]
+    if not_float:
+        raise SlowFastConversionError(
+            f'The weights of a SlowFast {kind} are floating point; found '
+            f'{preview_keys(not_float)}: the file is corrupted')
     for fused_key, parts in qkv_parts.items():
         if set(parts) != set('qkv'):
             missing = [fused_key.replace('qkv.', f'{p}.') for p in 'qkv' if p not in parts]

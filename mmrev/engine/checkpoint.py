@@ -70,14 +70,18 @@ def load_checkpoint_file(filename: str, map_location: MapLocation = None) -> Any
 
     Raises:
         pickle.UnpicklingError: the file holds other objects; the message names them.
+        RuntimeError: the file is not a whole PyTorch checkpoint (truncated, corrupted
+            or another kind of file).
     """
     with torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
         try:
             return torch.load(filename, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as error:
             refused = refused_globals(filename)
+            if not refused and 'Weights only load failed' in str(error):
+                raise  # a refused global in a file that cannot be scanned: torch says which
             if not refused:
-                raise
+                raise _unreadable(filename, error) from error
             raise pickle.UnpicklingError(
                 f'{filename} holds objects that are not allowed by default: '
                 f'{", ".join(refused)}. mmrev loads checkpoints with torch.load('
@@ -86,6 +90,16 @@ def load_checkpoint_file(filename: str, map_location: MapLocation = None) -> Any
                 f'torch.serialization.add_safe_globals([...]) (the classes or functions '
                 f'named above), or load it yourself with torch.load(filename, '
                 f'weights_only=False).') from error
+        except Exception as error:  # torch's readers fail in many ways on broken files
+            if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+                raise
+            raise _unreadable(filename, error) from error
+
+
+def _unreadable(filename: str, error: Exception) -> RuntimeError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RuntimeError(f'{filename} is not a whole PyTorch checkpoint (truncated, corrupted '
+                        f'or another kind of file): {reason}')
 
 
 def global_name(safe_global: Union[Callable, tuple]) -> str:

@@ -1,5 +1,6 @@
 """Faults injected into training: a process killed while it writes a checkpoint."""
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,43 @@ def test_broken_and_hostile_checkpoints_are_refused(tmp_path):
             with pytest.raises((RuntimeError, pickle.UnpicklingError)):
                 load_checkpoint_file(src)
     assert not list(tmp_path.glob('pwned_*'))
+
+
+def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_path):
+    """tools/train.py on the digits config (3 short epochs, reversible backprop, dropout
+    and drop path, validation every epoch): killed with SIGKILL in the third epoch and
+    resumed with --resume, it ends with exactly the weights of the run never killed."""
+    from mmrev.datasets.digits import prepare_digits
+    data = tmp_path / 'digits'
+    prepare_digits(str(data))
+    root = Path(__file__).parents[1]
+    options = [f'data_root={data}', f'train_dataloader.dataset.data_root={data}',
+               f'val_dataloader.dataset.data_root={data}', 'model.backbone.drop_rate=0.1',
+               'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+               'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+               'train_cfg.max_epochs=3', 'train_cfg.val_interval=1',
+               'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3',
+               'default_hooks.logger.interval=2']
+
+    def command(work_dir, *extra):
+        return [sys.executable, str(root / 'tools' / 'train.py'),
+                str(root / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'),
+                '--work-dir', str(work_dir), *extra, '--cfg-options', *options]
+
+    subprocess.run(command(tmp_path / 'whole'), check=True, capture_output=True, timeout=600)
+    run = subprocess.Popen(command(tmp_path / 'killed'), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    for line in run.stdout:  # kill it in the middle of the third epoch
+        if re.search(r'Epoch\(train\) +\[3\]\[', line):
+            run.kill()
+            break
+    assert run.wait(timeout=60) == -9
+    assert not (tmp_path / 'killed' / 'epoch_3.pth').exists()
+    resumed = subprocess.run(command(tmp_path / 'killed', '--resume'), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert 'resumed epoch: 2' in resumed.stdout
+    whole, killed = (load_checkpoint_file(tmp_path / name / 'epoch_3.pth')['state_dict']
+                     for name in ('whole', 'killed'))
+    assert whole.keys() == killed.keys()
+    assert all(torch.equal(whole[k], killed[k]) for k in whole)

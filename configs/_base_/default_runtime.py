@@ -25,3 +25,6 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=None, deterministic=False)
+
+# --resume continues the interrupted run exactly (the generators' states are saved)
+custom_hooks = [dict(type='mmrev.RandomStateHook')]

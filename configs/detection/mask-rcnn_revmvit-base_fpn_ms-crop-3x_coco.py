@@ -40,3 +40,6 @@ optim_wrapper = dict(
 
 # crash-safe checkpoints: a kill while saving keeps the previous one and last_checkpoint
 default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook'))
+
+# --resume continues the interrupted run exactly (the generators' states are saved)
+custom_hooks = [dict(type='mmrev.RandomStateHook')]

@@ -112,6 +112,7 @@ param_scheduler = [
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval=5, max_keep_ckpts=5))
-custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=500)]
+custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=500),
+                dict(type='mmrev.RandomStateHook')]
 # 16 machines x 8 GPUs x 2 videos, each sampled twice: 512 clips per iteration
 auto_scale_lr = dict(enable=False, base_batch_size=512 // repeat_sample)

@@ -74,5 +74,6 @@ default_hooks = dict(checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval
                      logger=dict(interval=10))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 # reversible backprop's reconstruction error and the peak memory, in the log
-custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=100)]
+custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=100),
+                dict(type='mmrev.RandomStateHook')]
 randomness = dict(seed=0)

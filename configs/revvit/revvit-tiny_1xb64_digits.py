@@ -42,5 +42,6 @@ default_hooks = dict(
     checkpoint=dict(interval=10, max_keep_ckpts=1, save_last=True),
 )
 # reversible backprop's reconstruction error and the peak memory, in the log
-custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=100)]
+custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=100),
+                dict(type='mmrev.RandomStateHook')]
 randomness = dict(seed=0)

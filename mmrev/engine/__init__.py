@@ -11,6 +11,7 @@ _EXPORTS = {
     'load_checkpoint_file': 'checkpoint',
     'setup_cpu_distributed': 'distributed',
     'AtomicCheckpointHook': 'hooks',
+    'RandomStateHook': 'hooks',
     'ReversibleBackpropHook': 'hooks',
     'LayerDecayOptimWrapperConstructor': 'optimizers',
 }

@@ -53,7 +53,8 @@ default_hooks = dict(
     checkpoint=dict(type='mmrev.AtomicCheckpointHook', interval=max_epochs, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
-custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=200)]
+custom_hooks = [dict(type='mmrev.ReversibleBackpropHook', interval=200),
+                dict(type='mmrev.RandomStateHook')]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                dist_cfg=dict(backend='gloo'))
 vis_backends = [dict(type='LocalVisBackend')]

@@ -1,4 +1,5 @@
 from .atomic_checkpoint_hook import AtomicCheckpointHook
+from .random_state_hook import RandomStateHook
 from .reversible_backprop_hook import ReversibleBackpropHook
 
-__all__ = ['AtomicCheckpointHook', 'ReversibleBackpropHook']
+__all__ = ['AtomicCheckpointHook', 'RandomStateHook', 'ReversibleBackpropHook']

@@ -1,13 +1,30 @@
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.registry import DefaultScope
 
 # Checkpoints, inputs and outputs of the official SlowFast code (see its README.md).
 SLOWFAST_FIXTURES = Path(os.environ.get(
     'MMREV_SLOWFAST_FIXTURES', Path(__file__).parent / 'data' / 'slowfast'))
+
+
+def manifest_state_dict(name: str, seed: int = None) -> dict:
+    """A state_dict with exactly the keys and shapes of a full-size SlowFast model (its
+    manifest ``{name}_keys.txt``): uninitialised, or with ``seed`` small random values."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    state_dict = {}
+    for line in (SLOWFAST_FIXTURES / f'{name}_keys.txt').read_text().splitlines():
+        key, shape, *_ = line.split('\t')
+        if key == 'total_params':
+            continue
+        shape = json.loads(shape)
+        state_dict[key] = (torch.empty(shape) if generator is None else
+                           0.02 * torch.randn(shape, generator=generator))
+    return state_dict
 
 
 @contextmanager

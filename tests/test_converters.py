@@ -27,7 +27,7 @@ from mmrev.converters import (
 )
 from mmrev.models import RevMViT
 
-from conftest import SLOWFAST_FIXTURES
+from conftest import SLOWFAST_FIXTURES, manifest_state_dict
 
 FIXTURES = SLOWFAST_FIXTURES
 CLI = Path(__file__).parents[1] / 'tools' / 'model_converters' / 'slowfast_to_mmrev.py'
@@ -207,16 +207,6 @@ def test_slowfast_url_converts_on_the_fly(tmp_path, monkeypatch):
     with torch.no_grad():
         logits = model.head(model.extract_feat(expected['input']))
     assert torch.allclose(logits, expected['logits'], rtol=0, atol=1e-5)
-
-
-def manifest_state_dict(name: str) -> dict:
-    """A state_dict with exactly the keys and shapes of a full-size SlowFast model."""
-    state_dict = {}
-    for line in (FIXTURES / f'{name}_keys.txt').read_text().splitlines():
-        key, shape, *_ = line.split('\t')
-        if key != 'total_params':
-            state_dict[key] = torch.empty(json.loads(shape))
-    return state_dict
 
 
 @pytest.mark.parametrize('name, kind, arch', [

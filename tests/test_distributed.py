@@ -284,26 +284,36 @@ def test_bf16_wrapper_builds_from_an_mmpretrain_config():
     assert model(torch.randn(2, 4)).dtype == torch.float32
 
 
-def test_train_tool_under_torchrun_with_amp_on_cpu(tmp_path):
-    """``tools/train.py --launcher pytorch --amp`` on 2 CPU processes (gloo, bf16)."""
-    for label in range(2):  # the digits config's image folders: 2 classes x 8 images
+def torchrun_train(tmp_path: Path, config: Path, *options: str,
+                   timeout: int = 300) -> subprocess.CompletedProcess:
+    """``tools/train.py CONFIG --launcher pytorch`` on 2 CPU processes (gloo), on an
+    image folder of 2 classes x 8 random 32x32 images (``tmp_path/data``)."""
+    for label in range(2):
         folder = tmp_path / 'data' / 'train' / str(label)
-        os.makedirs(folder)
+        os.makedirs(folder, exist_ok=True)
         for i in range(8):
             image = torch.randint(256, (32, 32, 3), generator=torch.Generator().manual_seed(i))
             Image.fromarray(image.to(torch.uint8).numpy()).save(folder / f'{i}.png')
     repo = Path(__file__).parents[1]
     command = [
         sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(WORLD),
-        '--master_port', str(free_port()), str(repo / 'tools' / 'train.py'),
-        str(repo / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'),
-        '--launcher', 'pytorch', '--amp', '--no-validate', '--no-persistent-workers',
-        '--work-dir', str(tmp_path / 'work'), '--cfg-options', 'train_cfg.max_epochs=1',
-        f'train_dataloader.dataset.data_root={tmp_path / "data"}',
+        '--master_port', str(free_port()), str(repo / 'tools' / 'train.py'), str(config),
+        '--launcher', 'pytorch', '--no-validate', '--no-persistent-workers',
+        '--work-dir', str(tmp_path / 'work'), *options, '--cfg-options',
+        'train_cfg.max_epochs=1', f'train_dataloader.dataset.data_root={tmp_path / "data"}',
         'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
         'default_hooks.logger.interval=1']
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES=''))
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='',
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+DIGITS_CONFIG = Path(__file__).parents[1] / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'
+
+
+def test_train_tool_under_torchrun_with_amp_on_cpu(tmp_path):
+    """``tools/train.py --launcher pytorch --amp`` on 2 CPU processes (gloo, bf16)."""
+    result = torchrun_train(tmp_path, DIGITS_CONFIG, '--amp')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = next((tmp_path / 'work').glob('*/*.log')).read_text()
     assert "type='mmrev.BF16OptimWrapper'" in log and 'Distributed training: True' in log

@@ -215,3 +215,36 @@ def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_
                      for name in ('whole', 'killed'))
     assert whole.keys() == killed.keys()
     assert all(torch.equal(whole[k], killed[k]) for k in whole)
+
+
+FAULT = '''
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class RaiseOnRank1(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.rank == 1 and runner.iter == 2:
+            raise RuntimeError('fault injected on rank 1')
+'''
+
+
+def test_ddp_rank_failing_mid_run_stops_the_other_in_bounded_time(tmp_path):
+    """2-process DDP on CPU (torchrun, gloo): rank 1 raises before its third iteration
+    while rank 0 waits in the gradient all-reduce; the whole run exits with an error
+    naming the fault within the test's bound, not after gloo's 30-minute timeout."""
+    import time
+
+    from test_distributed import DIGITS_CONFIG, torchrun_train
+    (tmp_path / 'fault_injection.py').write_text(FAULT)
+    config = tmp_path / 'faulty.py'
+    config.write_text(f"""_base_ = [{str(DIGITS_CONFIG)!r}]
+custom_imports = dict(imports=['mmrev', 'fault_injection'], allow_failed_imports=False)
+custom_hooks = [dict(type='RaiseOnRank1')]
+""")
+    start = time.monotonic()
+    result = torchrun_train(tmp_path, config, timeout=240)
+    assert result.returncode != 0
+    assert 'fault injected on rank 1' in result.stdout + result.stderr
+    assert time.monotonic() - start < 240

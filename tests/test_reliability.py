@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mmengine.hooks import Hook
 
 from mmrev.engine import load_checkpoint_file
 
@@ -17,6 +18,7 @@ from mmrev.engine import load_checkpoint_file
 TRAIN = '''
 import os, signal, sys
 import torch
+from mmengine.hooks import Hook
 from mmengine.fileio import LocalBackend
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
@@ -248,3 +250,57 @@ custom_hooks = [dict(type='RaiseOnRank1')]
     assert result.returncode != 0
     assert 'fault injected on rank 1' in result.stdout + result.stderr
     assert time.monotonic() - start < 240
+
+
+class NaNAt(Hook):
+    """Makes iteration ``at`` non-finite: a NaN in its batch (``where='loss'``), or in
+    the gradient the reversible recompute of backbone block 1 hands to block 0
+    (``where='recompute'``); records the weights after every iteration."""
+
+    def __init__(self, at: int, where: str):
+        self.at, self.where, self.weights = at, where, []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        block = runner.model.backbone.layers[1]
+        block.__dict__.pop('backward_pass', None)  # the class's own again
+        if runner.iter + 1 != self.at:
+            return
+        if self.where == 'loss':
+            data_batch['inputs'][0][0, 0, 0] = float('nan')
+            return
+        backward_pass = block.backward_pass
+
+        def nan_below(*args):
+            x1, x2, dx1, dx2, param_grads = backward_pass(*args)
+            return x1, x2, torch.full_like(dx1, float('nan')), dx2, param_grads
+        block.backward_pass = nan_below
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.weights.append({k: v.clone() for k, v in runner.model.state_dict().items()})
+
+
+@pytest.mark.parametrize('where, first', [('loss', 'head.bias'),
+                                          ('recompute', 'backbone.layers.0.')])
+def test_nonfinite_gradients_skip_the_step_and_name_where_they_appeared(
+        where, first, tmp_path):
+    from test_hook import log_text, make_runner
+    probe = NaNAt(3, where)
+    runner = make_runner(tmp_path, dict(interval=0), max_iters=4, probe=probe)
+    runner.train()
+    before, at, after = probe.weights[1], probe.weights[2], probe.weights[3]
+    assert all(torch.equal(before[k], at[k]) for k in before)  # step 3 skipped
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(at[k], after[k]) for k in at)  # step 4 trains
+    log = log_text(tmp_path)
+    assert re.search(rf'Non-finite gradients at iteration 3 in \d+ of \d+ parameters, '
+                     rf'first in backward order: {re.escape(first)}', log), log[-2000:]
+    assert '1 skipped so far' in log
+
+
+def test_nonfinite_policy_raise_names_the_parameters(tmp_path):
+    from test_hook import make_runner
+    runner = make_runner(tmp_path, dict(interval=0, nonfinite='raise'),
+                         probe=NaNAt(2, 'loss'))
+    with pytest.raises(FloatingPointError, match='iteration 2 .* first in backward order: '
+                       'head.bias'):
+        runner.train()

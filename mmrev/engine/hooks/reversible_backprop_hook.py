@@ -1,17 +1,19 @@
 """A hook that switches reversible backprop and watches how faithfully it inverts."""
 import sys
 from functools import partial
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
 
 from mmrev.registry import HOOKS
 from mmrev.reversible import ReversibleSequence
 from mmrev.reversible.diagnostics import gradient_error, reconstruction_errors
 
 POLICIES = ('warn', 'switch', 'raise')
+NONFINITE_POLICIES = ('skip', 'raise', 'off')
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -66,6 +68,14 @@ class ReversibleBackpropHook(Hook):
         log_memory (bool): log the iteration's peak memory as ``rev/peak_mem_mb``:
             CUDA peak allocated (the checks excluded), or the process's peak resident
             memory on CPU. Defaults to True.
+        nonfinite (str): what to do before an optimizer step when a gradient is NaN or
+            infinite (a non-finite loss, or a reversible recompute gone wrong):
+            ``'skip'`` the step, weights unchanged, with a warning naming the first
+            parameters with non-finite gradients in backward order (the block where
+            they appeared); ``'raise'`` a FloatingPointError naming them; ``'off'``.
+            Optimizer wrappers with a loss scaler (mmengine's ``AmpOptimWrapper``)
+            are left to the scaler, which skips such steps itself. Defaults to
+            ``'skip'``.
     """
     priority = 'NORMAL'
 
@@ -76,9 +86,13 @@ class ReversibleBackpropHook(Hook):
                  tolerance: Optional[float] = None,
                  policy: str = 'warn',
                  check_grad: bool = False,
-                 log_memory: bool = True):
+                 log_memory: bool = True,
+                 nonfinite: str = 'skip'):
         if policy not in POLICIES:
             raise ValueError(f'policy must be one of {POLICIES}, got {policy!r}')
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f'nonfinite must be one of {NONFINITE_POLICIES}, got '
+                             f'{nonfinite!r}')
         if begin_iter < 0 or interval < 0:
             raise ValueError(f'begin_iter and interval must be >= 0, got {begin_iter} '
                              f'and {interval}')
@@ -91,6 +105,9 @@ class ReversibleBackpropHook(Hook):
         self.policy = policy
         self.check_grad = check_grad
         self.log_memory = log_memory
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self._guarded: List[OptimWrapper] = []
         self.switched_off = False
         self._stacks: Dict[str, ReversibleSequence] = {}
         self._handles: Dict[str, torch.utils.hooks.RemovableHandle] = {}
@@ -107,6 +124,36 @@ class ReversibleBackpropHook(Hook):
                             f'{type(model).__name__}: use it with a reversible model '
                             f'(e.g. mmrev.RevViT) or remove it from custom_hooks')
         self._device = next(model.parameters()).device
+        if self.nonfinite != 'off':
+            wrappers = (runner.optim_wrapper.values()
+                        if isinstance(runner.optim_wrapper, OptimWrapperDict)
+                        else [runner.optim_wrapper])
+            for wrapper in wrappers:
+                if not isinstance(wrapper, AmpOptimWrapper):  # its loss scaler skips
+                    wrapper.step = partial(self._guarded_step, runner, model, wrapper.step)
+                    self._guarded.append(wrapper)
+
+    def after_train(self, runner) -> None:
+        for wrapper in self._guarded:
+            del wrapper.step  # the class's own again
+        self._guarded = []
+
+    def _guarded_step(self, runner, model: torch.nn.Module, step, **kwargs) -> None:
+        """The optimizer step, unless a gradient is not finite (``nonfinite``)."""
+        grads = [(name, p.grad) for name, p in model.named_parameters()
+                 if p.grad is not None]
+        if not grads or bool(torch.stack([g.isfinite().all() for _, g in grads]).all()):
+            return step(**kwargs)
+        bad = [name for name, grad in reversed(grads) if not grad.isfinite().all()]
+        message = (f'Non-finite gradients at iteration {runner.iter + 1} in {len(bad)} of '
+                   f'{len(grads)} parameters, first in backward order: '
+                   f'{", ".join(bad[:3])}')
+        if self.nonfinite == 'raise':
+            raise FloatingPointError(f'{message}. Look at the loss and the inputs of '
+                                     f'this batch, or train with nonfinite=\'skip\'.')
+        self.skipped_steps += 1
+        runner.logger.warning(f'{message}: the step is skipped, weights unchanged '
+                              f'({self.skipped_steps} skipped so far)')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         reversible = (self.reversible and runner.iter >= self.begin_iter

@@ -4,6 +4,7 @@ Children of mmengine's root registries, so that ``type='mmrev.RevViT'`` resolves
 configs whose default scope is ``mmpretrain``, ``mmdet`` or ``mmaction``; each imports
 the modules that register into it (its ``locations``) on its first lookup.
 """
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
@@ -19,3 +20,5 @@ OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
                                       parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
                                       scope='mmrev', locations=['mmrev.engine.optimizers'])
+FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='mmrev',
+                     locations=['mmrev.engine.hooks.random_state_hook'])

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 
-from mmrev.registry import HOOKS
+from mmrev.registry import FUNCTIONS, HOOKS
 
 
 def get_random_state() -> dict:
@@ -29,6 +29,19 @@ def set_random_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+@FUNCTIONS.register_module()
+def seed_worker(worker_id: int) -> None:
+    """A data loader ``worker_init_fn`` (``worker_init_fn=dict(type='mmrev.seed_worker')``)
+    that seeds a worker's numpy and Python generators from its torch seed, which the data
+    loader draws for each epoch's workers from the main process's generator: the
+    augmentations differ from epoch to epoch (mmengine's default seeds every epoch's
+    workers alike) and, with :class:`RandomStateHook`, a resumed run's workers draw what
+    the uninterrupted run's drew. For workers that are not persistent."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 @HOOKS.register_module()
 class RandomStateHook(Hook):
     """Makes ``--resume`` continue the interrupted run exactly.
@@ -44,8 +57,9 @@ class RandomStateHook(Hook):
     With it, a run killed at any point and resumed from its last epoch checkpoint ends
     with the weights of the uninterrupted run, bit for bit, given deterministic kernels
     (CPU, or ``randomness=dict(deterministic=True)``) and a data pipeline in the main
-    process or in workers that are not persistent (``persistent_workers=True`` workers
-    keep generators of their own, which restart with the run).
+    process or in workers that are not persistent and seeded by :func:`seed_worker`
+    (``persistent_workers=True`` workers keep generators of their own, which restart
+    with the run).
     """
     priority = 'LOWEST'  # restore after every other hook's before_train_epoch
 

@@ -31,16 +31,23 @@ CLASSES = tuple(str(d) for d in range(10))
 STROKE_THRESHOLD = 0.5  # of the digit's upsampled intensity: inside the mask
 
 
+def random_crop(photo: np.ndarray, size: int, min_side: int, max_side: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """A random square crop of ``photo``, of a side in ``[min_side, max_side)``,
+    resized to ``size``."""
+    h, w = photo.shape[:2]
+    side = int(rng.integers(min_side, max_side))
+    y, x = int(rng.integers(h - side)), int(rng.integers(w - side))
+    return np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize(
+        (size, size), Image.BILINEAR))
+
+
 def _background(photos: List[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
     """A random square crop of a photo (a quarter to two thirds of its height), resized
     to ``size`` and flipped at random."""
     photo = photos[rng.integers(len(photos))]
-    h, w = photo.shape[:2]
-    side = int(rng.integers(h // 4, 2 * h // 3))
-    y, x = int(rng.integers(h - side)), int(rng.integers(w - side))
-    crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size),
-                                                                  Image.BILINEAR)
-    crop = np.asarray(crop)
+    h = photo.shape[0]
+    crop = random_crop(photo, size, h // 4, 2 * h // 3, rng)
     return crop[:, ::-1].copy() if rng.random() < 0.5 else crop.copy()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits, load_sample_images
 
-from .digit_detection import paste_digit
+from .digit_detection import paste_digit, random_crop
 from .digits import SPLIT, digit_images, digits_split
 from .folder import prepare_folder
 
@@ -29,11 +29,9 @@ CLASSES = tuple(DIRECTIONS)
 
 
 def _background(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    h, w = photo.shape[:2]
-    side = int(rng.integers(h // 6, h // 2))
-    y, x = int(rng.integers(h - side)), int(rng.integers(w - side))
-    return np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize(
-        (size, size), Image.BILINEAR))
+    """A random square crop of ``photo``, a sixth to a half of its height."""
+    h = photo.shape[0]
+    return random_crop(photo, size, h // 6, h // 2, rng)
 
 
 def make_clip(digit: np.ndarray, background: np.ndarray, direction: Tuple[int, int],

@@ -55,14 +55,13 @@ def read_checkpoint(path: str):
         raise SlowFastConversionError(
             f'{path} is a directory, not a checkpoint file' if osp.isdir(path) else
             f'No such file: {path}')
-    from mmrev.engine.checkpoint import load_checkpoint_file
+    from mmrev.engine.checkpoint import error_reason, load_checkpoint_file
     try:
         return load_checkpoint_file(path, map_location='cpu')
     except Exception as e:  # torch.load fails in many ways on a file it cannot read
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlowFastConversionError(
-            f'{path} is not a PyTorch checkpoint that mmrev can read safely: {reason}'
-        ) from e
+            f'{path} is not a PyTorch checkpoint that mmrev can read safely: '
+            f'{error_reason(e)}') from e
 
 
 def check_destination(dst: str, src: str, force: bool) -> None:

@@ -96,10 +96,15 @@ def load_checkpoint_file(filename: str, map_location: MapLocation = None) -> Any
             raise _unreadable(filename, error) from error
 
 
+def error_reason(error: Exception) -> str:
+    """The first line of ``error``'s message, or its type's name if it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _unreadable(filename: str, error: Exception) -> RuntimeError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return RuntimeError(f'{filename} is not a whole PyTorch checkpoint (truncated, corrupted '
-                        f'or another kind of file): {reason}')
+                        f'or another kind of file): {error_reason(error)}')
 
 
 def global_name(safe_global: Union[Callable, tuple]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from mmrev.engine import load_checkpoint_file
@@ -181,17 +182,19 @@ def test_broken_and_hostile_checkpoints_are_refused(tmp_path):
 
 def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_path):
     """tools/train.py on the digits config (3 short epochs, reversible backprop, dropout
-    and drop path, validation every epoch, the random crops in a data loader worker
-    seeded by mmrev.seed_worker): killed with SIGKILL in the third epoch and resumed with
-    --resume, it ends with exactly the weights of the run never killed."""
+    and drop path, validation every epoch, the random crops in the config's data loader
+    worker, not persistent and seeded by mmrev.seed_worker): killed with SIGKILL in the
+    third epoch and resumed with --resume, it ends with exactly the weights of the run
+    never killed."""
     from mmrev.datasets.digits import prepare_digits
     data = tmp_path / 'digits'
     prepare_digits(str(data))
     root = Path(__file__).parents[1]
+    config = root / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'
+    loader = Config.fromfile(config).train_dataloader  # resume exact with the shipped one
+    assert loader.num_workers >= 1 and not loader.persistent_workers
     options = [f'data_root={data}', f'train_dataloader.dataset.data_root={data}',
                f'val_dataloader.dataset.data_root={data}', 'model.backbone.drop_rate=0.1',
-               'train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=False',
-               'train_dataloader.worker_init_fn.type=mmrev.seed_worker',
                'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
                'train_cfg.max_epochs=3', 'train_cfg.val_interval=1',
                'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3',
@@ -199,8 +202,7 @@ def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_
 
     def command(work_dir, *extra):
         return [sys.executable, str(root / 'tools' / 'train.py'),
-                str(root / 'configs' / 'revvit' / 'revvit-tiny_1xb64_digits.py'),
-                '--work-dir', str(work_dir), *extra, '--cfg-options', *options]
+                str(config), '--work-dir', str(work_dir), *extra, '--cfg-options', *options]
 
     subprocess.run(command(tmp_path / 'whole'), check=True, capture_output=True, timeout=600)
     run = subprocess.Popen(command(tmp_path / 'killed'), stdout=subprocess.PIPE,

@@ -24,20 +24,7 @@ bash tools/setup_env.sh
 CLASSIFIER_CKPT=work_dirs/$(basename "$CLASSIFIER" .py)/epoch_50.pth
 [[ -f $CLASSIFIER_CKPT ]] || bash tools/run_digits.sh "$CLASSIFIER"
 .venv/bin/python tools/dataset_converters/prepare_digit_detection.py --out data/digit_detection
-mkdir -p "$WORK_DIR"
-SECONDS=0
-.venv/bin/python tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "$@" 2>&1 | tee "$WORK_DIR/train.log"
-TRAIN_TIME=$SECONDS
-CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
-.venv/bin/python tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR" \
-  --out "$WORK_DIR/test_metrics.json" --out-item metrics
+source tools/job.sh
+train_and_test "$CONFIG" "$WORK_DIR" "$@"
 .venv/bin/python tools/analysis_tools/predict_image.py "$CONFIG" "$CHECKPOINT" \
   data/digit_detection/val/00000.jpg "$WORK_DIR/prediction.jpg"
-echo "Checkpoint: $CHECKPOINT (training took $((TRAIN_TIME / 60)) min $((TRAIN_TIME % 60)) s)"
-.venv/bin/python - "$WORK_DIR/test_metrics.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-print(f"Box mAP@0.5: {m['coco/bbox_mAP_50']:.3f}  box mAP: {m['coco/bbox_mAP']:.3f}  "
-      f"mask mAP@0.5: {m['coco/segm_mAP_50']:.3f}  mask mAP: {m['coco/segm_mAP']:.3f}")
-PY
-grep -o 'Peak training memory: .*' "$WORK_DIR/train.log" | tail -1

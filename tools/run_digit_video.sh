@@ -12,14 +12,5 @@ WORK_DIR=${WORK_DIR:-work_dirs/$(basename "$CONFIG" .py)}
 
 bash tools/setup_env.sh
 .venv/bin/python tools/dataset_converters/prepare_digit_video.py --out data/digit_video
-mkdir -p "$WORK_DIR"
-SECONDS=0
-.venv/bin/python tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "$@" 2>&1 | tee "$WORK_DIR/train.log"
-TRAIN_TIME=$SECONDS
-CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
-.venv/bin/python tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR" \
-  --out "$WORK_DIR/test_metrics.json" --out-item metrics
-echo "Checkpoint: $CHECKPOINT (training took $((TRAIN_TIME / 60)) min $((TRAIN_TIME % 60)) s)"
-ACCURACY=$(.venv/bin/python -c "import json, sys; print('%.2f' % (100 * json.load(open(sys.argv[1]))['acc/top1']))" "$WORK_DIR/test_metrics.json")
-echo "Test accuracy (direction of motion, 4 classes): $ACCURACY %"
-grep -o 'Peak training memory: .*' "$WORK_DIR/train.log" | tail -1
+source tools/job.sh
+train_and_test "$CONFIG" "$WORK_DIR" "$@"

@@ -25,7 +25,8 @@ model = dict(
     neck=dict(in_channels=[192, 384, 768, 1536]))
 
 # 8 GPUs x 8 images
-train_dataloader = dict(batch_size=8, num_workers=4)
+train_dataloader = dict(batch_size=8, num_workers=4, persistent_workers=False,
+                        worker_init_fn=dict(type='mmrev.seed_worker'))  # exact --resume
 auto_scale_lr = dict(enable=False, base_batch_size=64)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),

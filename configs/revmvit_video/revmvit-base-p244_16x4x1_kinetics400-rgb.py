@@ -72,7 +72,8 @@ repeat_sample = 2
 train_dataloader = dict(
     batch_size=16,
     num_workers=8,
-    persistent_workers=True,
+    persistent_workers=False,  # fresh workers each epoch, seeded so that a resumed
+    worker_init_fn=dict(type='mmrev.seed_worker'),  # run draws what the whole run drew
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='repeat_pseudo_collate'),
     dataset=dict(type='RepeatAugDataset', num_repeats=repeat_sample, sample_once=True,

@@ -39,7 +39,8 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=16,
     num_workers=1,
-    persistent_workers=True,
+    persistent_workers=False,  # fresh workers each epoch, seeded so that a resumed
+    worker_init_fn=dict(type='mmrev.seed_worker'),  # run draws what the whole run drew
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type=dataset_type, ann_file=data_root + 'train_list.txt',
                  data_prefix=dict(img=data_root), pipeline=train_pipeline))

@@ -28,7 +28,8 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=8,
     num_workers=1,
-    persistent_workers=True,
+    persistent_workers=False,  # fresh workers each epoch, seeded so that a resumed
+    worker_init_fn=dict(type='mmrev.seed_worker'),  # run draws what the whole run drew
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(type=dataset_type, data_root=data_root, metainfo=metainfo,

@@ -48,6 +48,8 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=256,
     num_workers=8,
+    # new augmentations each epoch, the same ones after --resume
+    worker_init_fn=dict(type='mmrev.seed_worker'),
     dataset=dict(
         type=dataset_type,
         data_root='data/imagenet',

@@ -37,7 +37,8 @@ test_dataloader = val_dataloader
 
 # 8 GPUs x 8 images (auto_scale_lr base_batch_size=64 from the base). The base repeats
 # the dataset 4 times over 25 epochs: 100 epochs, steps at epochs 22 and 24 (88 and 96).
-train_dataloader = dict(batch_size=8, num_workers=4)
+train_dataloader = dict(batch_size=8, num_workers=4, persistent_workers=False,
+                        worker_init_fn=dict(type='mmrev.seed_worker'))  # exact --resume
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
     dict(type='MultiStepLR', begin=0, end=25, by_epoch=True, milestones=[22, 24],

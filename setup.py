@@ -59,7 +59,7 @@ setup(
     ],
     extras_require={
         'tests': ['pytest>=7', 'ruff>=0.6', 'scikit-learn>=1.3',
-                  'pycocotools>=2.0'],
+                  'pycocotools>=2.0', 'onnx', 'onnxscript', 'onnxruntime'],
         # mmaction2 1.2.0 itself is installed with --no-deps (tools/setup_env.sh): it
         # requires opencv-contrib-python, which clashes with mmcv's opencv-python
         'video': ['einops', 'importlib-metadata', 'decord>=0.6'],

@@ -10,10 +10,11 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from mmpretrain.structures import DataSample
 from PIL import Image
 
 from mmrev.engine.amp import BF16OptimWrapper, amp_optim_wrapper
+from mmrev.models import RevViT
 from mmrev.testing import relative_error, set_reversible
 
 BACKBONES = {
@@ -190,6 +192,75 @@ def test_ddp_with_bf16_autocast_trains_in_step(ddp_results, case):
         assert torch.equal(value, rank1['params'][name]), f'ranks differ in {name}'
     for results in (rank0, rank1):
         assert torch.isfinite(results['losses']).all(), results['losses']
+
+
+FSDP_WRAPPINGS = ('root', 'blocks', 'branches')
+
+
+def fsdp_backbone(wrapping: Optional[str] = None):
+    """A RevViT (drop rates 0: ranks draw their own masks) sharded with FSDP2's
+    ``fully_shard`` on the root and, by ``wrapping``, on each block or each F and G."""
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    model = RevViT(**{k: v for k, v in BACKBONES['RevViT'].items() if k != 'type'}).train()
+    if wrapping is None:
+        return model
+    for block in model.layers:
+        modules = {'root': [], 'blocks': [block], 'branches': [block.f, block.g]}[wrapping]
+        for module in modules:
+            fully_shard(module)
+    return fully_shard(model)
+
+
+def fsdp_step(model, inputs: torch.Tensor) -> None:
+    loss = sum(out.pow(2).mean() for out in model(inputs))
+    loss.backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param -= LR * param.grad
+            param.grad = None
+
+
+def fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    results = {}
+    for wrapping in FSDP_WRAPPINGS:
+        model = fsdp_backbone(wrapping)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for i in range(ITERS):
+                fsdp_step(model, global_batch(i)['inputs'].chunk(WORLD)[rank])
+        results[wrapping] = dict(
+            params={name: param.full_tensor() for name, param in model.named_parameters()},
+            warned=any('ordinary backprop' in str(w.message) for w in caught))
+    torch.save(results, os.path.join(out_dir, f'rank{rank}.pth'))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def fsdp_results(tmp_path_factory) -> List[dict]:
+    out_dir = tmp_path_factory.mktemp('fsdp')
+    mp.spawn(fsdp_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    return [torch.load(out_dir / f'rank{rank}.pth', weights_only=True)
+            for rank in range(WORLD)]
+
+
+@pytest.mark.parametrize('wrapping', FSDP_WRAPPINGS)
+def test_fsdp2_matches_one_process(fsdp_results, wrapping):
+    """FSDP2 on the root, on every block, or on every F and G (2 gloo processes, half the
+    batch each): the parameters of one process training on the whole batch. Sharded
+    blocks and branches run with ordinary backprop, with a warning (FSDP2's hooks act on
+    them); the root alone keeps reversible backprop."""
+    model = fsdp_backbone()
+    for i in range(ITERS):
+        fsdp_step(model, global_batch(i)['inputs'])
+    expected = {name: param.detach() for name, param in model.named_parameters()}
+    for results in fsdp_results:
+        errors = parameter_errors(results[wrapping]['params'], expected)
+        assert max(errors.values()) <= 1e-5, errors
+        assert results[wrapping]['warned'] == (wrapping != 'root')
 
 
 def train_on_one_batch(backbone: str, reversible: bool, wrapper: Callable,

@@ -2,8 +2,10 @@
 recompute-in-backward for the non-invertible parts of a model."""
 from .backprop import ReversibleSequence
 from .coupling import BlockRecord, ReversibleBlock
-from .recomputation import call, recompute, recompute_vjp, trainable_parameters
-from .replay import ForwardState
+from .module_hooks import has_hooks
+from .recomputation import call, defers_to_backward, recompute, recompute_vjp, trainable_parameters
+from .replay import ForwardState, buffers_kept
 
 __all__ = ['BlockRecord', 'ForwardState', 'ReversibleBlock', 'ReversibleSequence',
-           'call', 'recompute', 'recompute_vjp', 'trainable_parameters']
+           'buffers_kept', 'call', 'defers_to_backward', 'has_hooks', 'recompute',
+           'recompute_vjp', 'trainable_parameters']

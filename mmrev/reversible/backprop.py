@@ -5,57 +5,109 @@ backward, each block recomputes its inputs from its outputs, backpropagates thro
 itself, and hands the recomputed inputs down to the block below as that block's outputs.
 Activation memory therefore does not grow with depth.
 """
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .coupling import BlockRecord, ReversibleBlock, Streams
-from .recomputation import call, recompute
+from .module_hooks import has_hooks
+from .recomputation import EAGER_REASON, call, defers_to_backward, recompute, refuse_double_backward
 
 
 class _ReversibleBlockFunction(torch.autograd.Function):
     """One block of a reversible stack, as one autograd node that saves nothing but
-    the block's record (RNG/autocast states, stochastic-depth mask; the top block also
-    saves its outputs).
+    the block's record (RNG/autocast states, stochastic-depth mask) and, if
+    ``save_outputs``, its outputs (the stack's last ones, those it returns, and those
+    below a block that does not run reversibly).
 
     The block's trainable parameters are inputs of the node and their gradients its
     outputs, as for any autograd op: autograd accumulates each one once, block by
     block, so DDP's gradient hooks fire once per parameter and all-reduce overlaps
     with backward; and the backward runs even when the stack's input needs no gradient.
+    Each backward hands the block's recomputed inputs down, in ``handoff[index - 1]``,
+    to the block below if ``hand_down``.
     """
 
     @staticmethod
     def forward(ctx, x1: Tensor, x2: Tensor, block: ReversibleBlock,
-                handoff: List[Streams], is_top: bool, *params: Tensor) -> Streams:
+                handoff: Dict[int, Streams], index: int, save_outputs: bool,
+                hand_down: bool, *params: Tensor) -> Streams:
         records = []
         y1, y2 = block(x1, x2, records)
-        ctx.block, ctx.handoff, ctx.record = block, handoff, records[0]
-        if is_top:
+        ctx.block, ctx.handoff, ctx.index, ctx.record = block, handoff, index, records[0]
+        ctx.hand_down = hand_down
+        if save_outputs:
             ctx.save_for_backward(y1, y2)
         return y1, y2
 
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor) -> Tuple:
+        refuse_double_backward()
+        recomputed = ctx.handoff.pop(ctx.index, None)
         if ctx.saved_tensors:
             y1, y2 = ctx.saved_tensors
-        elif ctx.handoff:
-            y1, y2 = ctx.handoff.pop()
+        elif recomputed is not None:
+            y1, y2 = recomputed
         else:
-            raise RuntimeError('Reversible backprop runs one backward per forward; '
-                               'set reversible=False to backpropagate twice')
+            raise RuntimeError(
+                f'Reversible backprop rebuilds the outputs of block {ctx.index} in the '
+                f'backward of the block above it, and that has not run since the '
+                f'forward: a second backward through the stack (retain_graph=True) '
+                f'must also go through its last block; else set reversible=False')
         x1, x2, dx1, dx2, param_grads = ctx.block.backward_pass(
             y1, y2, dy1, dy2, ctx.record)
-        ctx.handoff.append((x1, x2))
-        return (dx1, dx2, None, None, None, *param_grads)
+        if ctx.hand_down:
+            ctx.handoff[ctx.index - 1] = (x1, x2)
+        return (dx1, dx2, None, None, None, None, None, *param_grads)
+
+
+@torch.compiler.disable(reason=EAGER_REASON)
+def _run_reversibly(blocks: Sequence[ReversibleBlock], x1: Tensor, x2: Tensor,
+                    keep: set) -> List[Streams]:
+    """Run ``blocks`` with reversible backprop, except those a module hook acts on,
+    which run under ordinary autograd; return the streams after the blocks in ``keep``."""
+    ordinary = [has_hooks(block) for block in blocks]
+    if any(ordinary):
+        warnings.warn(
+            f'Module hooks act on reversible blocks '
+            f'{[i for i, hooked in enumerate(ordinary) if hooked]} (forward, pre-forward '
+            f'or backward hooks, e.g. FSDP2\'s fully_shard): those run with ordinary '
+            f'backprop (their activations kept), so that the hooks see and do what they '
+            f'would without reversible backprop', stacklevel=3)
+    outs, handoff, last = [], {}, len(blocks) - 1
+    for i, block in enumerate(blocks):
+        if ordinary[i]:
+            x1, x2 = block(x1, x2)
+        else:
+            save_outputs = i in keep or i == last or ordinary[i + 1]
+            hand_down = i > 0 and not ordinary[i - 1]
+            x1, x2 = _ReversibleBlockFunction.apply(
+                x1, x2, block, handoff, i, save_outputs, hand_down,
+                *block.trainable_parameters())
+        if i in keep:
+            outs.append((x1, x2))
+    return outs
 
 
 class ReversibleSequence(nn.ModuleList):
     """A stack of :class:`ReversibleBlock` mapping two streams to two streams.
 
     In training with grad enabled and ``reversible=True``, it runs with reversible
-    backprop; otherwise (eval, ``torch.no_grad``, ``reversible=False``) the same blocks
-    run under ordinary autograd, with the same numbers.
+    backprop; otherwise (eval, ``torch.no_grad``, ``reversible=False``, a
+    ``torch.jit`` trace) the same blocks run under ordinary autograd, with the same
+    numbers. With reversible backprop:
+
+    - a block that a module hook acts on (on the block or inside it, e.g. a feature
+      extractor's forward hook, ``register_full_backward_hook``, FSDP2's
+      ``fully_shard`` on the block or its branches) runs under ordinary autograd, with
+      a warning: hooks behave as without reversible backprop, and that block keeps its
+      activations;
+    - under ``torch.compile`` the stack runs uncompiled (a graph break): its reruns in
+      backward replay the eager RNG, which compiled dropout does not draw from;
+    - a second backward (``retain_graph=True``) must start above the stack's last
+      block, and double backward (``create_graph=True``) needs ``reversible=False``.
 
     Args:
         blocks (Iterable[ReversibleBlock]): the blocks, in order.
@@ -91,16 +143,13 @@ class ReversibleSequence(nn.ModuleList):
         block; no other block's outputs are kept). Under ordinary autograd, each block
         appends its record to ``records`` if it is a list."""
         x1, x2 = self.input_streams(x1, x2)
-        reversible = self.reversible and self.training and torch.is_grad_enabled()
         keep = set(out_indices if out_indices is not None else [len(self) - 1])
-        outs, handoff = [], []
-        for i, block in enumerate(self):
-            if reversible:
-                x1, x2 = _ReversibleBlockFunction.apply(
-                    x1, x2, block, handoff, i == len(self) - 1,
-                    *block.trainable_parameters())
-            else:
+        if self.reversible and self.training and defers_to_backward():
+            outs = _run_reversibly(self, x1, x2, keep)
+        else:
+            outs = []
+            for i, block in enumerate(self):
                 x1, x2 = block(x1, x2, records)
-            if i in keep:
-                outs.append((x1, x2))
+                if i in keep:
+                    outs.append((x1, x2))
         return outs if out_indices is not None else outs[-1]

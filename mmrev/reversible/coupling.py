@@ -1,12 +1,13 @@
 """The reversible block: additive coupling of two streams, and its inverse."""
 from contextlib import nullcontext
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .module_hooks import has_hooks
 from .recomputation import Grads, recompute_vjp, trainable_parameters
-from .replay import ForwardState
+from .replay import ForwardState, buffers_kept
 
 Streams = Tuple[Tensor, Tensor]
 
@@ -22,19 +23,28 @@ def _scale(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x if mask is None else x * mask
 
 
-def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor,
-         alpha: int = 1) -> Tensor:
-    """``stream + alpha * D * branch``, ``D`` the stochastic-depth ``mask``.
+def _may_overwrite(branch: Tensor, stream: Tensor, others: Sequence[Tensor]) -> bool:
+    """Whether ``stream + branch`` may go into ``branch``'s buffer: no graph is recorded
+    through them, no compiler or tracer plans the buffers, and ``branch`` is a contiguous
+    tensor of the sum's shape and dtype sharing memory with neither ``stream`` nor
+    ``others`` (the tensors still in use)."""
+    if torch.is_grad_enabled() and (branch.requires_grad or stream.requires_grad):
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if (not branch.is_contiguous() or branch.shape != stream.shape
+            or branch.dtype != stream.dtype):
+        return False
+    storage = branch.untyped_storage().data_ptr()
+    return all(storage != t.untyped_storage().data_ptr() for t in (stream, *others))
 
-    With no graph to record, the sum goes into ``branch``'s buffer when ``branch`` is a
-    contiguous tensor of the sum's shape and dtype that shares memory with neither
-    ``stream`` nor ``others`` (the tensors still in use): a stream-sized buffer less to
-    allocate and fill.
-    """
-    shares_memory = any(branch.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
-                        for t in (stream, *others))
-    if (branch.requires_grad or not branch.is_contiguous() or shares_memory
-            or branch.shape != stream.shape or branch.dtype != stream.dtype):
+
+def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor,
+         alpha: int = 1, reuse: bool = True) -> Tensor:
+    """``stream + alpha * D * branch``, ``D`` the stochastic-depth ``mask``; into
+    ``branch``'s buffer if ``reuse`` (no hook can see ``branch``) and
+    :func:`_may_overwrite`: a stream-sized buffer less to allocate and fill."""
+    if not (reuse and _may_overwrite(branch, stream, others)):
         return torch.add(stream, _scale(branch, mask), alpha=alpha)
     if mask is not None:
         branch.mul_(mask)
@@ -58,8 +68,9 @@ class ReversibleBlock(nn.Module):
             randomness (dropout). Defaults to 1.
 
     With no graph to record (eval, ``torch.no_grad``, the reversible forward), each sum
-    is written into the fresh output of its branch: a forward hook that keeps the output
-    of ``f`` or ``g`` (or of their last layer) must keep a clone.
+    is written into the fresh output of its branch, unless a module hook acts on that
+    branch (it may keep the output). Modules with running statistics (BatchNorm) in a
+    branch are updated once per step: the reruns in backward restore them.
     """
 
     def __init__(self, f: nn.Module, g: nn.Module, drop_path: float = 0.,
@@ -89,9 +100,9 @@ class ReversibleBlock(nn.Module):
         """Apply the block; if ``records`` is a list, append what a replay needs."""
         mask = self.keep_mask(x2)
         f_state = ForwardState(x2) if records is not None else None
-        y1 = _add(x1, self.f(x2), mask, x2)
+        y1 = _add(x1, self.f(x2), mask, x2, reuse=not has_hooks(self.f))
         g_state = ForwardState(y1) if records is not None else None
-        y2 = _add(x2, self.g(y1), mask, y1)
+        y2 = _add(x2, self.g(y1), mask, y1, reuse=not has_hooks(self.g))
         if records is not None:
             records.append(BlockRecord(f_state, g_state, mask))
         return y1, y2
@@ -102,10 +113,10 @@ class ReversibleBlock(nn.Module):
         """Recompute the inputs from the outputs, replaying the forward's ``record``
         (which a training-mode forward with randomness needs)."""
         mask = record.keep_mask if record else None
-        with record.g_state.replay() if record else nullcontext():
-            x2 = _add(y2, self.g(y1), mask, y1, alpha=-1)
-        with record.f_state.replay() if record else nullcontext():
-            x1 = _add(y1, self.f(x2), mask, x2, alpha=-1)
+        with record.g_state.replay() if record else nullcontext(), buffers_kept(self.g):
+            x2 = _add(y2, self.g(y1), mask, y1, alpha=-1, reuse=not has_hooks(self.g))
+        with record.f_state.replay() if record else nullcontext(), buffers_kept(self.f):
+            x1 = _add(y1, self.f(x2), mask, x2, alpha=-1, reuse=not has_hooks(self.f))
         return x1, x2
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor,

@@ -2,8 +2,8 @@
 
 Reversible backprop is exact only if each block's inputs can be recomputed from its
 outputs. Low precision, badly conditioned blocks or a bug break that silently; these
-functions measure it on given input streams, leaving the caller's RNG and the parameters'
-``.grad`` as they were.
+functions measure it on given input streams, leaving the caller's RNG, the parameters'
+``.grad`` and the buffers (running statistics) as they were.
 """
 from typing import Dict, Iterator, Sequence, Tuple, Union
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .backprop import ReversibleSequence
-from .replay import ForwardState
+from .replay import ForwardState, buffers_kept
 
 
 def reversible_sequences(model: nn.Module) -> Iterator[ReversibleSequence]:
@@ -66,7 +66,8 @@ def reconstruction_errors(sequence: ReversibleSequence, x1: Tensor,
     """
     states = []
     x1, x2 = sequence.input_streams(x1, x2)
-    with torch.random.fork_rng(devices=[x1.device] if x1.is_cuda else []):
+    with torch.random.fork_rng(devices=[x1.device] if x1.is_cuda else []), \
+            buffers_kept(sequence):
         # .forward, not __call__: forward hooks on the stack must not see this run
         y1, y2 = sequence.forward(x1, x2, records=states)
     for i in reversed(range(len(sequence))):
@@ -100,8 +101,9 @@ def gradient_error(sequence: ReversibleSequence, x1: Tensor, x2: Tensor) -> floa
     sequence.zero_grad(set_to_none=True)
     state = ForwardState(x1)
     try:
-        expected = _stack_gradients(sequence, x1, x2, False, state)
-        actual = _stack_gradients(sequence, x1, x2, True, state)
+        with buffers_kept(sequence):
+            expected = _stack_gradients(sequence, x1, x2, False, state)
+            actual = _stack_gradients(sequence, x1, x2, True, state)
     finally:
         sequence.reversible = saved_reversible
         for param, grad in zip(params, saved_grads):

@@ -1,17 +1,19 @@
 """Recompute in backward: the vector-Jacobian product of a rerun, and a checkpointed call.
 
 Both rerun a function under the state its forward ran under (:class:`ForwardState`: RNG
-and autocast), so the rerun draws the same random numbers and computes the same values.
+and autocast), so the rerun draws the same random numbers and computes the same values;
+a module's buffers (running statistics) are left as the forward left them.
 :func:`recompute_vjp` is the backward step of every reversible block;
 :func:`recompute` runs a non-invertible function (a RevMViT stage transition) so that
 only its inputs are kept for backward.
 """
+from contextlib import nullcontext
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .replay import ForwardState
+from .replay import ForwardState, buffers_kept
 
 Grads = List[Optional[Tensor]]
 
@@ -25,6 +27,10 @@ def _as_tuple(x) -> tuple:
     return x if isinstance(x, tuple) else (x, )
 
 
+def _keeping_buffers(fn: Callable):
+    return buffers_kept(fn) if isinstance(fn, nn.Module) else nullcontext()
+
+
 def _sum(total: Optional[Tensor], part: Optional[Tensor]) -> Optional[Tensor]:
     """``total + part`` (None counts as 0), into ``total``, a gradient of our own."""
     return part if total is None else total if part is None else total.add_(part)
@@ -36,9 +42,9 @@ def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
                   ) -> Tuple[Tuple[Tensor, ...], Grads, Grads]:
     """Rerun ``fn(*inputs)`` under ``state`` and backpropagate ``grad_outputs``.
 
-    Returns the outputs (detached), the gradients of ``inputs`` and of ``params`` (None
-    where the output does not depend on them). The parameters' gradients are returned,
-    not accumulated into ``.grad``. With ``chunks > 1`` the rerun is split into chunks
+    Returns the outputs (detached), the gradients of ``inputs`` (zeros where the outputs
+    do not depend on one) and of ``params`` (None where they do not depend on one),
+    returned, not accumulated into ``.grad``. With ``chunks > 1`` the rerun is split into chunks
     along dim 1 of every input and output, which bounds its activation memory; exact
     for a ``fn`` that acts on each position of dim 1 separately and draws no
     per-element random numbers. Under autocast the rerun is not split: half-precision
@@ -53,21 +59,32 @@ def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
                   for g in grad_outputs]
     for i in range(len(parts[0])):
         xs = [part[i].detach().requires_grad_() for part in parts]
-        with torch.enable_grad(), state.replay():
-            out = _as_tuple(fn(*xs))
-        pairs = [(o, g[i].to(o.dtype)) for o, g in zip(out, grad_parts)
-                 if g[i] is not None and o.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in pairs], [*xs, *params],
-                                    [g for _, g in pairs], allow_unused=True) if pairs else (
-            [None] * (len(xs) + len(params)))
-        input_grads.append(grads[:len(xs)])
+        with _keeping_buffers(fn):  # restored after the backward, which may read them
+            with torch.enable_grad(), state.replay():
+                out = _as_tuple(fn(*xs))
+            pairs = [(o, g[i].to(o.dtype)) for o, g in zip(out, grad_parts)
+                     if g[i] is not None and o.requires_grad]
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs], [*xs, *params], [g for _, g in pairs],
+                allow_unused=True) if pairs else [None] * (len(xs) + len(params))
+        input_grads.append([torch.zeros_like(x) if grad is None else grad
+                            for x, grad in zip(xs, grads)])
         param_grads = [_sum(total, grad) for total, grad in zip(param_grads, grads[len(xs):])]
         outputs.append([o.detach() for o in out])
     if len(outputs) == 1:
         return tuple(outputs[0]), input_grads[0], param_grads
-    cat = [torch.cat(parts, 1) if all(p is not None for p in parts) else None
-           for parts in zip(*input_grads)]
+    cat = [torch.cat(parts, 1) for parts in zip(*input_grads)]
     return tuple(torch.cat(parts, 1) for parts in zip(*outputs)), cat, param_grads
+
+
+def refuse_double_backward() -> None:
+    """Raise in a backward that records a graph (``create_graph=True``): the reruns of
+    reversible backprop record none, so a second-order gradient would be wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            'mmrev does not support double backward (create_graph=True, e.g. a gradient '
+            'penalty) through reversible backprop and its recomputed parts, whose reruns '
+            'record no graph of the backward: set reversible=False for it')
 
 
 class _Recompute(torch.autograd.Function):
@@ -84,11 +101,27 @@ class _Recompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor) -> tuple:
+        refuse_double_backward()
         tensors = ctx.saved_tensors
         split = len(tensors) - ctx.num_params
         _, input_grads, param_grads = recompute_vjp(
             ctx.fn, tensors[:split], grad_outputs, ctx.state, tensors[split:], ctx.chunks)
         return (None, None, None, *input_grads, *param_grads)
+
+
+def defers_to_backward() -> bool:
+    """Whether a forward may keep only what a rerun in backward needs: grad mode is on
+    and no ``torch.jit`` trace is recording (a trace records the ordinary graph)."""
+    return torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
+EAGER_REASON = ('reruns in backward replay the eager RNG, which compiled random ops do not '
+                'draw from: mmrev runs them uncompiled')
+
+
+@torch.compiler.disable(reason=EAGER_REASON)
+def _apply_recompute(*args):
+    return _Recompute.apply(*args)
 
 
 def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
@@ -105,8 +138,10 @@ def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] 
     Like non-reentrant ``torch.utils.checkpoint``, with the reversible blocks' rules:
     the rerun replays the forward's RNG and autocast state without reseeding the
     caller's RNG, and gradients reach ``params`` (default: ``fn``'s trainable
-    parameters, for a module) even when no input requires grad. Outside a
-    graph-recording context it is just ``fn(*inputs)``.
+    parameters, for a module) even when no input requires grad. Where
+    :func:`defers_to_backward` is false it is just ``fn(*inputs)``. Under
+    ``torch.compile`` it runs uncompiled (a graph break), since a compiled rerun
+    would not draw the forward's random numbers.
 
     Args:
         fn: a function of tensors returning a tensor or a tuple of tensors.
@@ -119,6 +154,6 @@ def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] 
             raise TypeError('recompute needs params=[...] for a function that is not '
                             'an nn.Module')
         params = trainable_parameters(fn)
-    if not torch.is_grad_enabled():
+    if not defers_to_backward():
         return fn(*inputs)
-    return _Recompute.apply(fn, chunks, len(inputs), *inputs, *params)
+    return _apply_recompute(fn, chunks, len(inputs), *inputs, *params)

@@ -64,7 +64,8 @@ class ReversibleBackpropHook(Hook):
         check_grad (bool): on checked iterations, also log ``rev/grad_err``, the
             largest relative difference between reversible and ordinary gradients of
             each stack on the batch (costs an ordinary forward and two backward passes
-            of the stacks). Defaults to False.
+            of the stacks; off, with a warning, under DDP with ``static_graph=True``).
+            Defaults to False.
         log_memory (bool): log the iteration's peak memory as ``rev/peak_mem_mb``:
             CUDA peak allocated (the checks excluded), or the process's peak resident
             memory on CPU. Defaults to True.
@@ -104,6 +105,7 @@ class ReversibleBackpropHook(Hook):
         self.tolerance = tolerance
         self.policy = policy
         self.check_grad = check_grad
+        self._check_grad = check_grad
         self.log_memory = log_memory
         self.nonfinite = nonfinite
         self.skipped_steps = 0
@@ -124,6 +126,14 @@ class ReversibleBackpropHook(Hook):
                             f'{type(model).__name__}: use it with a reversible model '
                             f'(e.g. mmrev.RevViT) or remove it from custom_hooks')
         self._device = next(model.parameters()).device
+        self._check_grad = self.check_grad and not getattr(runner.model, 'static_graph',
+                                                           False)
+        if self.check_grad and not self._check_grad:
+            runner.logger.warning(
+                'ReversibleBackpropHook: check_grad is off under DDP with '
+                'static_graph=True, which reduces each gradient once per iteration and '
+                'fails on the check\'s extra backward passes; rev/recon_err is still '
+                'measured (use static_graph=False to check gradients)')
         if self.nonfinite != 'off':
             wrappers = (runner.optim_wrapper.values()
                         if isinstance(runner.optim_wrapper, OptimWrapperDict)
@@ -176,7 +186,7 @@ class ReversibleBackpropHook(Hook):
             self._peak_mb = max(self._peak_mb, _peak_memory_mb(self._device))
         x1, x2 = inputs
         errors = reconstruction_errors(stack, x1, x2)
-        if self.check_grad:
+        if self._check_grad:
             errors += (gradient_error(stack, x1, x2), )
         self._errors[name] = errors
         if self.log_memory:

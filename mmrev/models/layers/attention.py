@@ -26,7 +26,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(
+        head_dims = C // self.num_heads  # not -1: a batch may be empty
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, head_dims).permute(
             2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(B, H, W, C)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrev.reversible import has_hooks
+
 
 class Mlp(nn.Module):
     """Token-wise two-layer perceptron.
@@ -27,6 +29,9 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.fc1(x)
         # With no graph to record (eval, the reversible forward), GELU overwrites fc1's
-        # fresh output: one hidden-sized buffer less to allocate and fill.
-        hidden = F.gelu(hidden) if hidden.requires_grad else torch.ops.aten.gelu_(hidden)
+        # fresh output, unless a hook may keep it: a hidden-sized buffer less to fill.
+        if hidden.requires_grad or has_hooks(self.fc1):
+            hidden = F.gelu(hidden)
+        else:
+            hidden = torch.ops.aten.gelu_(hidden)
         return self.drop(self.fc2(self.drop(hidden)))

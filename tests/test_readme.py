@@ -34,6 +34,8 @@ CHECKS = {
                     'assert [m.shape[-1] for m in maps] == [80, 40, 20, 10]\n',
     'list_models(': "assert 'revvit-small' in list_models('*rev*')\n"
                     'assert result["pred_scores"].shape == (1000, )\n',
+    'class RevConvNet(': 'assert (grads[0] - grads[1]).abs().max() < 1e-5 * grads[1].abs().max()\n'
+                         'assert isinstance(model.blocks[0].coupling, tuple)\n',
 }
 
 
@@ -56,7 +58,7 @@ def files(tmp_path_factory):
 
 
 def test_readme_has_the_snippets_this_test_knows():
-    assert len(PROGRAMS) == 2 and len(CONFIGS) == 4
+    assert len(PROGRAMS) == 3 and len(CONFIGS) == 4
     assert all(any(key in code for code in PROGRAMS) for key in CHECKS)
     assert sum(CONVERTER in command for command in COMMANDS) == 1
 

@@ -1,9 +1,18 @@
 """The engine alone, on toy sub-functions: coupling, inverse, reversible backprop."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import nn
 
-from mmrev.reversible import ReversibleBlock, ReversibleSequence
+from mmrev.reversible import (
+    ForwardState,
+    InvertibleBlock,
+    ReversibleBlock,
+    ReversibleSequence,
+    affine,
+    momentum,
+)
 from mmrev.testing import backprop_gradients, gradient_errors
 
 
@@ -135,3 +144,112 @@ def test_invalid_arguments():
         ReversibleBlock(nn.Identity(), nn.Identity(), g_chunks=0)
     with pytest.raises(ValueError, match='drop_path'):
         ReversibleBlock(nn.Identity(), nn.Identity(), drop_path=1.)
+
+
+def coupled_stack(coupling, branch_channels=8, depth=3):
+    def branch():
+        return nn.Sequential(nn.Linear(8, branch_channels), nn.Tanh(), nn.Dropout(0.2))
+
+    class CoupledStack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = ReversibleSequence([
+                ReversibleBlock(branch(), branch(), coupling=coupling) for _ in range(depth)])
+
+        def forward(self, x):
+            return torch.cat(self.layers(x, x), -1)
+
+    return CoupledStack()
+
+
+@pytest.mark.parametrize('coupling, channels', [(momentum(0.9), 8), (affine(), 16)],
+                         ids=['momentum', 'affine'])
+def test_couplings_invert_and_give_ordinary_gradients(coupling, channels):
+    torch.manual_seed(0)
+    model = coupled_stack(coupling, channels).train().double()
+    x = torch.randn(4, 8, dtype=torch.double)
+    records = []
+    with torch.no_grad():
+        y1, y2 = model.layers(x, x, records=records)
+    r1, r2 = model.layers.inverse(y1, y2, records)
+    torch.testing.assert_close(r1, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r2, x, rtol=0, atol=1e-12)
+    block = model.layers[0]
+    b = block.f(x)
+    torch.testing.assert_close(coupling.inverse(coupling.forward(x, b), b), x)
+    expected = backprop_gradients(model, x, reversible=False, seed=1)
+    actual = backprop_gradients(model, x, reversible=True, seed=1)
+    errors = gradient_errors(actual, expected)
+    assert max(errors.values()) <= 1e-10, errors
+
+
+def test_momentum_coupling_is_momentumnet():
+    block = ReversibleBlock(nn.Linear(8, 8), nn.Linear(8, 8), coupling=momentum(0.75))
+    x1, x2 = torch.randn(2, 3, 8).unbind(0)
+    y1, y2 = block(x1, x2)
+    torch.testing.assert_close(y1, 0.75 * x1 + 0.25 * block.f(x2))
+    torch.testing.assert_close(y2, 0.75 * x2 + 0.25 * block.g(y1))
+
+
+class Shear(InvertibleBlock):
+    """``Y1 = X1 + F(X2)``, ``Y2 = X2``: a block of its own, on the generic backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Dropout(0.3))
+
+    def forward(self, x1, x2, records=None):
+        if records is not None:
+            records.append(ForwardState(x2))
+        return x1 + self.f(x2), x2 * 1
+
+    def rerun(self, x1, x2, record):
+        with record.replay():
+            return x1 + self.f(x2), x2 * 1
+
+    def inverse(self, y1, y2, record=None):
+        with record.replay() if record else nullcontext():
+            return y1 - self.f(y2), y2
+
+
+class Swap(Shear):
+    def forward(self, x1, x2, records=None):
+        y1, y2 = super().forward(x1, x2, records)
+        return y2, y1
+
+    def rerun(self, x1, x2, record):
+        y1, y2 = super().rerun(x1, x2, record)
+        return y2, y1
+
+    def inverse(self, y1, y2, record=None):
+        return super().inverse(y2, y1, record)
+
+
+def test_a_block_of_its_own_on_the_generic_backward():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = ReversibleSequence([Swap() for _ in range(4)])
+
+        def forward(self, x):
+            return torch.cat(self.layers(x, 2 * x), -1)
+
+    model = Model().train().double()
+    x = torch.randn(4, 8, dtype=torch.double)
+    expected = backprop_gradients(model, x, reversible=False, seed=1)
+    actual = backprop_gradients(model, x, reversible=True, seed=1)
+    errors = gradient_errors(actual, expected)
+    assert max(errors.values()) <= 1e-10, errors
+
+
+def test_block_contract_is_enforced():
+    class Incomplete(InvertibleBlock):
+        def forward(self, x1, x2, records=None):
+            return x1, x2
+
+    with pytest.raises(TypeError, match='abstract'):
+        Incomplete()
+    with pytest.raises(ValueError, match='additive coupling'):
+        ReversibleBlock(nn.Identity(), nn.Identity(), drop_path=0.1, coupling=momentum(0.9))
+    with pytest.raises(ValueError, match='beta'):
+        momentum(1.)

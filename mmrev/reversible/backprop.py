@@ -1,4 +1,4 @@
-"""Reversible backprop through a stack of ReversibleBlocks.
+"""Reversible backprop through a stack of InvertibleBlocks.
 
 The forward keeps no activations: only the stack's two output streams are saved. In
 backward, each block recomputes its inputs from its outputs, backpropagates through
@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import Tensor, nn
 
-from .coupling import BlockRecord, ReversibleBlock, Streams
+from .block import InvertibleBlock, Streams
 from .module_hooks import has_hooks
 from .recomputation import EAGER_REASON, call, defers_to_backward, recompute, refuse_double_backward
 
@@ -31,7 +31,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x1: Tensor, x2: Tensor, block: ReversibleBlock,
+    def forward(ctx, x1: Tensor, x2: Tensor, block: InvertibleBlock,
                 handoff: Dict[int, Streams], index: int, save_outputs: bool,
                 hand_down: bool, *params: Tensor) -> Streams:
         records = []
@@ -64,7 +64,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
 
 
 @torch.compiler.disable(reason=EAGER_REASON)
-def _run_reversibly(blocks: Sequence[ReversibleBlock], x1: Tensor, x2: Tensor,
+def _run_reversibly(blocks: Sequence[InvertibleBlock], x1: Tensor, x2: Tensor,
                     keep: set) -> List[Streams]:
     """Run ``blocks`` with reversible backprop, except those a module hook acts on,
     which run under ordinary autograd; return the streams after the blocks in ``keep``."""
@@ -92,7 +92,7 @@ def _run_reversibly(blocks: Sequence[ReversibleBlock], x1: Tensor, x2: Tensor,
 
 
 class ReversibleSequence(nn.ModuleList):
-    """A stack of :class:`ReversibleBlock` mapping two streams to two streams.
+    """A stack of :class:`InvertibleBlock` mapping two streams to two streams.
 
     In training with grad enabled and ``reversible=True``, it runs with reversible
     backprop; otherwise (eval, ``torch.no_grad``, ``reversible=False``, a
@@ -110,11 +110,11 @@ class ReversibleSequence(nn.ModuleList):
       block, and double backward (``create_graph=True``) needs ``reversible=False``.
 
     Args:
-        blocks (Iterable[ReversibleBlock]): the blocks, in order.
+        blocks (Iterable[InvertibleBlock]): the blocks, in order.
         reversible (bool): use reversible backprop in training. Defaults to True.
     """
 
-    def __init__(self, blocks: Iterable[ReversibleBlock], reversible: bool = True):
+    def __init__(self, blocks: Iterable[InvertibleBlock], reversible: bool = True):
         super().__init__(blocks)
         self.reversible = reversible
 
@@ -136,7 +136,7 @@ class ReversibleSequence(nn.ModuleList):
         return x1, x2
 
     def forward(self, x1: Tensor, x2: Tensor, out_indices: Optional[Sequence[int]] = None,
-                records: Optional[List[BlockRecord]] = None
+                records: Optional[list] = None
                 ) -> Union[Streams, List[Streams]]:
         """The streams after the last block; with ``out_indices``, the list of the
         streams after each of those blocks (their gradients enter the backward at their
@@ -153,3 +153,11 @@ class ReversibleSequence(nn.ModuleList):
                 if i in keep:
                     outs.append((x1, x2))
         return outs if out_indices is not None else outs[-1]
+
+    @torch.no_grad()
+    def inverse(self, y1: Tensor, y2: Tensor, records: Sequence) -> Streams:
+        """The stack's inputs recomputed from its outputs, block by block from the top,
+        replaying the ``records`` of the forward (as reversible backprop does)."""
+        for block, record in zip(reversed(self), reversed(records)):
+            y1, y2 = block.inverse(y1, y2, record)
+        return y1, y2

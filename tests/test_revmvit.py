@@ -124,7 +124,7 @@ def test_bad_inputs_and_settings_raise():
 def test_transition_drops_whole_block_output():
     torch.manual_seed(0)
     transition = StageTransition(16, 16, 2, mlp_ratio=1., qkv_bias=True, pool_kernel=3,
-                                 stride_q=2, stride_kv=1, fusion='concat_linear_2',
+                                 q_stride=2, kv_stride=1, fusion='concat_linear_2',
                                  res_path='conv', drop_path_rate=0.5,
                                  norm_cfg=dict(type='LN', eps=1e-6))
     x1, x2 = torch.randn(2, 16, 4, 4, 8).unbind(0)
@@ -280,3 +280,11 @@ def test_reconstruction_check_under_autocast_measures_what_training_runs():
         assert inputs['streams'][0].dtype == torch.bfloat16
         _, rel_err = reconstruction_errors(model.stages[1].blocks, *inputs['streams'])
     assert rel_err < 1e-5
+
+
+def test_exact_mode_gradients_equal_ordinary_backprop():
+    model = tiny(drop_path_rate=0.2, exact_bits=24).train()
+    x = torch.randn(2, 3, 32, 32)
+    expected = backprop_gradients(model, x, reversible=False, seed=2)
+    actual = backprop_gradients(model, x, reversible=True, seed=2)
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)

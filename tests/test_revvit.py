@@ -199,3 +199,12 @@ def test_out_indices_keep_only_their_outputs_whatever_the_depth():
     models = [tiny(d, out_indices=(0, -1)).train() for d in (3, 9)]
     shallow, deep = (saved_tensor_bytes(m, partial(m, x)) for m in models)
     assert shallow == deep
+
+
+def test_exact_mode_gradients_equal_ordinary_backprop():
+    model = tiny(drop_rate=0.1, drop_path_rate=0.2, exact_bits=24).train()
+    x = torch.randn(2, 3, 32, 32)
+    expected = backprop_gradients(model, x, reversible=False, seed=2)
+    actual = backprop_gradients(model, x, reversible=True, seed=2)
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+    assert model(x)[0].dtype == torch.float32

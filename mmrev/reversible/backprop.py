@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .block import InvertibleBlock, Streams
+from .coupling import ReversibleBlock, to_fixed_point
 from .module_hooks import has_hooks
 from .recomputation import EAGER_REASON, call, defers_to_backward, recompute, refuse_double_backward
 
@@ -112,11 +113,30 @@ class ReversibleSequence(nn.ModuleList):
     Args:
         blocks (Iterable[InvertibleBlock]): the blocks, in order.
         reversible (bool): use reversible backprop in training. Defaults to True.
+        exact_bits (int, optional): exact mode: the streams are held in fixed point,
+            float64 on the grid of ``2 ** -exact_bits`` (integers with that scale), and
+            each branch output is rounded to the grid before it is added, so every
+            inverse reproduces its inputs bit for bit, at any depth and under any
+            autocast dtype, and reversible gradients equal ordinary ones exactly. The
+            branches see the streams in float32; the rounding passes gradients straight
+            through. Needs :class:`ReversibleBlock` with the additive coupling. Defaults
+            to None: streams in the input's precision.
     """
 
-    def __init__(self, blocks: Iterable[InvertibleBlock], reversible: bool = True):
+    def __init__(self, blocks: Iterable[InvertibleBlock], reversible: bool = True,
+                 exact_bits: Optional[int] = None):
         super().__init__(blocks)
         self.reversible = reversible
+        self.exact_bits = exact_bits
+        if exact_bits is not None:
+            if not 0 < exact_bits <= 40:
+                raise ValueError(f'exact_bits must be in [1, 40] (float64 holds 53 bits: '
+                                 f'the rest is the streams\' range), got {exact_bits}')
+            for block in self:
+                if not isinstance(block, ReversibleBlock) or block.coupling is not None:
+                    raise ValueError('exact_bits needs ReversibleBlocks with the additive '
+                                     'coupling (coupling=None)')
+                block.exact_bits = exact_bits
 
     @property
     def runner(self) -> Callable:
@@ -125,15 +145,30 @@ class ReversibleSequence(nn.ModuleList):
         too), else :func:`call`."""
         return recompute if self.reversible and self.training else call
 
-    @staticmethod
-    def input_streams(x1: Tensor, x2: Tensor) -> Streams:
+    def input_streams(self, x1: Tensor, x2: Tensor) -> Streams:
         """The streams as the blocks take them: in float32 (or wider) under autocast,
         since the inverse, Y1 - F(X2), undoes a block exactly only if its outputs were
-        not rounded to half precision."""
+        not rounded to half precision; in exact mode, on the fixed-point grid."""
+        if self.exact_bits is not None:
+            return tuple(to_fixed_point(x, self.exact_bits) for x in (x1, x2))
         if torch.is_autocast_enabled(x1.device.type):
             return tuple(x.to(torch.promote_types(x.dtype, torch.float32))
                          for x in (x1, x2))
         return x1, x2
+
+    def run_blocks(self, x1: Tensor, x2: Tensor, keep: Sequence[int],
+                   records: Optional[list] = None) -> List[Streams]:
+        """The streams after each block in ``keep``, from the blocks' input streams:
+        the one loop over the blocks, reversible or not (then appending each block's
+        record to ``records`` if it is a list)."""
+        if self.reversible and self.training and defers_to_backward():
+            return _run_reversibly(self, x1, x2, set(keep))
+        outs = []
+        for i, block in enumerate(self):
+            x1, x2 = block(x1, x2, records)
+            if i in keep:
+                outs.append((x1, x2))
+        return outs
 
     def forward(self, x1: Tensor, x2: Tensor, out_indices: Optional[Sequence[int]] = None,
                 records: Optional[list] = None
@@ -141,17 +176,13 @@ class ReversibleSequence(nn.ModuleList):
         """The streams after the last block; with ``out_indices``, the list of the
         streams after each of those blocks (their gradients enter the backward at their
         block; no other block's outputs are kept). Under ordinary autograd, each block
-        appends its record to ``records`` if it is a list."""
-        x1, x2 = self.input_streams(x1, x2)
-        keep = set(out_indices if out_indices is not None else [len(self) - 1])
-        if self.reversible and self.training and defers_to_backward():
-            outs = _run_reversibly(self, x1, x2, keep)
-        else:
-            outs = []
-            for i, block in enumerate(self):
-                x1, x2 = block(x1, x2, records)
-                if i in keep:
-                    outs.append((x1, x2))
+        appends its record to ``records`` if it is a list. In exact mode the streams
+        come back in the precision they came in."""
+        dtype = x1.dtype
+        keep = out_indices if out_indices is not None else [len(self) - 1]
+        outs = self.run_blocks(*self.input_streams(x1, x2), keep, records)
+        if self.exact_bits is not None:
+            outs = [(y1.to(dtype), y2.to(dtype)) for y1, y2 in outs]
         return outs if out_indices is not None else outs[-1]
 
     @torch.no_grad()

@@ -84,6 +84,28 @@ def _add(stream: Tensor, branch: Tensor, mask: Optional[Tensor], *others: Tensor
     return torch.add(stream, branch, alpha=alpha, out=branch)
 
 
+class _RoundToGrid(torch.autograd.Function):
+    """``x`` in float64, rounded to the grid of ``2 ** -bits``; the gradient passes
+    straight through, in ``x``'s dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int) -> Tensor:
+        ctx.dtype = x.dtype
+        scale = 2. ** bits  # a power of two: exact scaling
+        return torch.round(x.double() * scale).div_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:
+        return grad.to(ctx.dtype), None
+
+
+def to_fixed_point(x: Tensor, bits: int) -> Tensor:
+    """``x`` as a fixed-point number with ``bits`` fractional bits (float64 on the grid
+    of ``2 ** -bits``, so that sums and differences of such numbers are exact);
+    gradients pass straight through."""
+    return _RoundToGrid.apply(x, bits)
+
+
 class ReversibleBlock(InvertibleBlock):
     """``Y1 = X1 + D * F(X2)``, ``Y2 = X2 + D * G(Y1)``; inverse
     ``X2 = Y2 - D * G(Y1)``, ``X1 = Y1 - D * F(X2)``; with a ``coupling``,
@@ -123,6 +145,7 @@ class ReversibleBlock(InvertibleBlock):
                              'leave them at 0 and 1 with a coupling, or use coupling=None')
         self.f, self.g, self.drop_path, self.g_chunks = f, g, drop_path, g_chunks
         self.coupling = coupling
+        self.exact_bits: Optional[int] = None  # set by ReversibleSequence(exact_bits=...)
 
     def keep_mask(self, x: Tensor) -> Optional[Tensor]:
         """The stochastic-depth mask ``D`` for a batch like ``x`` (None: keep all)."""
@@ -141,6 +164,9 @@ class ReversibleBlock(InvertibleBlock):
                 mask: Optional[Tensor], alpha: int = 1) -> Tensor:
         """The coupling of ``stream`` with ``branch(branch_input)`` (its inverse for
         ``alpha=-1``)."""
+        if self.exact_bits is not None:
+            out = to_fixed_point(_scale(branch(branch_input.float()), mask), self.exact_bits)
+            return torch.add(stream, out, alpha=alpha)
         out = branch(branch_input)
         if self.coupling is not None:
             return (self.coupling.forward if alpha == 1 else self.coupling.inverse)(
@@ -186,7 +212,7 @@ class ReversibleBlock(InvertibleBlock):
         the gradients of :meth:`trainable_parameters`. For the additive coupling: G's
         rerun and vector-Jacobian product, the sum undone, then F's (half a block's
         activations at a time, no rerun of the sums)."""
-        if self.coupling is not None:
+        if self.coupling is not None or self.exact_bits is not None:
             return super().backward_pass(y1, y2, dy1, dy2, record)
         mask = record.keep_mask
         (g_y1, ), (dy1_through_g, ), g_grads = recompute_vjp(

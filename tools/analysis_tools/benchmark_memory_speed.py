@@ -4,6 +4,7 @@ alternatives a user would pick instead.
 ``--model revvit`` compares, for every depth x batch size x image size, at the same width:
 
     mmrev-rev             mmrev RevViT with reversible backprop
+    mmrev-exact           the same in exact mode (``exact_bits=24``: fixed-point streams)
     mmrev-ordinary        the same blocks, ordinary backprop (``reversible=False``)
     mmrev-ckpt            the same blocks, ordinary backprop, each block under
                           ``torch.utils.checkpoint`` (non-reentrant)
@@ -159,9 +160,9 @@ class RevViTFamily(Family):
     ``RevVisionTransformer`` and ``VisionTransformer`` (class token, as users run it),
     at the same width; ``depth`` is the number of blocks."""
 
-    cases = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmpretrain-revvit',
-             'mmpretrain-vit')
-    eval_cases = ('mmrev-rev', 'mmpretrain-revvit', 'mmpretrain-vit')
+    cases = ('mmrev-rev', 'mmrev-exact', 'mmrev-ordinary', 'mmrev-ckpt',
+             'mmpretrain-revvit', 'mmpretrain-vit')
+    eval_cases = ('mmrev-rev', 'mmrev-exact', 'mmpretrain-revvit', 'mmpretrain-vit')
     baseline = 'mmpretrain-vit'
     default_arch = 'small'
     default_depths = [12, 24, 48]
@@ -182,8 +183,9 @@ class RevViTFamily(Family):
         self.check_case(case)
         arch = dict(self.kwargs['arch'], num_layers=depth)
         if case.startswith('mmrev'):
+            exact = dict(exact_bits=24) if case == 'mmrev-exact' else {}
             model = RevViT(**dict(self.kwargs, arch=arch, img_size=img_size,
-                                  reversible=case == 'mmrev-rev'))
+                                  reversible=case in ('mmrev-rev', 'mmrev-exact'), **exact))
             if case == 'mmrev-ckpt':
                 for i, block in enumerate(model.layers):
                     model.layers[i] = CheckpointedBlock(block)

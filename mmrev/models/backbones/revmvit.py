@@ -62,15 +62,15 @@ def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
 
 
 def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                   pool_kernel: Grid, stride_kv: Grid, drop_path_rate: float,
+                   pool_kernel: Grid, kv_stride: Grid, drop_path_rate: float,
                    norm_cfg: dict, mlp_chunks: int = 1) -> ReversibleBlock:
     """``Y1 = X1 + D * PoolAttn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
     block's stochastic depth (one mask for both branches, as SlowFast); k and v pooled
-    with ``stride_kv``, q not pooled (the grid is kept)."""
+    with ``kv_stride``, q not pooled (the grid is kept)."""
     f = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
         attn=PoolingAttention(channels, channels, num_heads, qkv_bias, pool_kernel,
-                              stride_kv=stride_kv, norm_cfg=norm_cfg)))
+                              kv_stride=kv_stride, norm_cfg=norm_cfg)))
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
         mlp=Mlp(channels, int(channels * mlp_ratio))))
@@ -92,8 +92,8 @@ class StageTransition(nn.Module):
         mlp_ratio (float): MLP hidden width over ``out_channels``.
         qkv_bias (bool): bias in the q, k, v projections.
         pool_kernel (tuple[int]): kernel of the pooling convolutions, per grid axis.
-        stride_q (tuple[int]): downsampling of the grid, per axis.
-        stride_kv (tuple[int]): stride of the k and v pooling, per axis.
+        q_stride (tuple[int]): downsampling of the grid, per axis.
+        kv_stride (tuple[int]): stride of the k and v pooling, per axis.
         fusion (str): :class:`TwoStreamFusion` mode.
         res_path (str): ``'conv'`` or ``'max'``.
         drop_path_rate (float): stochastic depth of the whole block.
@@ -104,8 +104,8 @@ class StageTransition(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_heads: int,
-                 mlp_ratio: float, qkv_bias: bool, pool_kernel: Grid, stride_q: Grid,
-                 stride_kv: Grid, fusion: str, res_path: str, drop_path_rate: float,
+                 mlp_ratio: float, qkv_bias: bool, pool_kernel: Grid, q_stride: Grid,
+                 kv_stride: Grid, fusion: str, res_path: str, drop_path_rate: float,
                  norm_cfg: dict, fusion_chunks: int = 1):
         super().__init__()
         self.fusion_chunks = fusion_chunks
@@ -115,15 +115,15 @@ class StageTransition(nn.Module):
         if res_path == 'conv':
             self.pool_skip = None
         elif res_path == 'max':
-            kernel = tuple(s + 1 if s > 1 else s for s in stride_q)
-            max_pool = nn.MaxPool3d if len(stride_q) == 3 else nn.MaxPool2d
-            self.pool_skip = max_pool(kernel, stride_q, tuple(s // 2 for s in stride_q))
+            kernel = tuple(s + 1 if s > 1 else s for s in q_stride)
+            max_pool = nn.MaxPool3d if len(q_stride) == 3 else nn.MaxPool2d
+            self.pool_skip = max_pool(kernel, q_stride, tuple(s // 2 for s in q_stride))
         else:
             raise ValueError(f"res_path must be 'conv' or 'max', got {res_path!r}")
         self.f = nn.Sequential(OrderedDict(
             norm=build_norm_layer(norm_cfg, fused),
             attn=PoolingAttention(fused, out_channels, num_heads, qkv_bias, pool_kernel,
-                                  stride_q, stride_kv, norm_cfg)))
+                                  q_stride, kv_stride, norm_cfg)))
         self.g = nn.Sequential(OrderedDict(
             norm=build_norm_layer(norm_cfg, out_channels),
             mlp=Mlp(out_channels, int(out_channels * mlp_ratio))))
@@ -231,6 +231,11 @@ class RevMViT(ReversibleBackbone):
             patch resolution (the MLPs of stage 0, the fusion of the first
             transition), the largest ones, over this many chunks of rows, which cuts
             the peak training memory at no measurable cost in time. Defaults to 4.
+        exact_bits (int, optional): exact mode of the reversible stacks: streams in
+            fixed point with this many fractional bits, inverses bit for bit and
+            reversible gradients equal to ordinary ones exactly, at some cost in time
+            (see :class:`~mmrev.reversible.ReversibleSequence`); reruns are then not
+            chunked (``mlp_chunks`` ignored). Defaults to None.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
         init_cfg (dict | list, optional): initialisation config.
     """
@@ -262,6 +267,7 @@ class RevMViT(ReversibleBackbone):
                  frozen_stages: int = -1,
                  reversible: bool = True,
                  mlp_chunks: int = 4,
+                 exact_bits: Optional[int] = None,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=[
                      dict(type='TruncNormal', layer=['Linear', 'Conv2d', 'Conv3d'],
@@ -271,6 +277,8 @@ class RevMViT(ReversibleBackbone):
         super().__init__(init_cfg)
         arch = self.arch_settings = self._parse_arch(arch)
         self._set_out_type(out_type)
+        if exact_bits is not None:  # chunked reruns sum parameter gradients in another order
+            mlp_chunks = 1
         transitions = sorted(arch['transition_layers'])
         num_layers, num_stages = arch['num_layers'], len(transitions) + 1
         self.out_scales = self._parse_out_scales(out_scales, num_stages)
@@ -296,7 +304,7 @@ class RevMViT(ReversibleBackbone):
         bounds = [0] + transitions + [num_layers]
         self.stage_first_layers = bounds[:num_stages]  # SlowFast's layer index
         channels, num_heads = arch['embed_dims'], arch['num_heads']
-        stride_kv = self._per_axis(arch, 'kv_stride', dims)
+        kv_stride = self._per_axis(arch, 'kv_stride', dims)
         common = dict(mlp_ratio=arch['mlp_ratio'], qkv_bias=arch['qkv_bias'],
                       pool_kernel=self._per_axis(arch, 'pool_kernel', dims),
                       norm_cfg=norm_cfg)
@@ -307,19 +315,19 @@ class RevMViT(ReversibleBackbone):
             if s > 0:
                 num_heads = round_width(num_heads, head_muls[s - 1])
                 out_channels = round_width(channels, dim_muls[s - 1], num_heads)
-                stride_kv = tuple(max(kv // q, 1) for kv, q in zip(stride_kv, q_strides[s - 1]))
+                kv_stride = tuple(max(kv // q, 1) for kv, q in zip(kv_stride, q_strides[s - 1]))
                 transition = StageTransition(
-                    2 * channels, out_channels, num_heads, stride_q=q_strides[s - 1],
-                    stride_kv=stride_kv, fusion=arch['pre_q_fusion'],
+                    2 * channels, out_channels, num_heads, q_stride=q_strides[s - 1],
+                    kv_stride=kv_stride, fusion=arch['pre_q_fusion'],
                     res_path=arch['res_path'], drop_path_rate=drop_path_rates[first],
                     fusion_chunks=mlp_chunks if s == 1 else 1, **common)
                 channels, first = out_channels, first + 1
             blocks = ReversibleSequence([
-                rev_mvit_block(channels, num_heads, stride_kv=stride_kv,
+                rev_mvit_block(channels, num_heads, kv_stride=kv_stride,
                                drop_path_rate=drop_path_rates[i],
                                mlp_chunks=mlp_chunks if s == 0 else 1, **common)
                 for i in range(first, bounds[s + 1])
-            ], reversible=reversible)
+            ], reversible=reversible, exact_bits=exact_bits)
             self.stages.append(RevMViTStage(transition, blocks))
             self.stage_channels.append(2 * channels)
         self.total_stride = stride[-1] * math.prod(q[-1] for q in q_strides[:len(self.stages) - 1])

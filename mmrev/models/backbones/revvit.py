@@ -66,6 +66,10 @@ class RevViT(ReversibleBackbone):
             gradients. Defaults to True.
         mlp_chunks (int): split the MLP's backward recompute over this many chunks of
             rows to cut peak memory; needs ``drop_rate=0``. Defaults to 1.
+        exact_bits (int, optional): exact mode of the reversible stacks: streams in
+            fixed point with this many fractional bits, inverses bit for bit and
+            reversible gradients equal to ordinary ones exactly, at some cost in time
+            (see :class:`~mmrev.reversible.ReversibleSequence`). Defaults to None.
         init_cfg (dict | list, optional): initialisation config.
     """
     arch_zoo = {
@@ -92,6 +96,7 @@ class RevViT(ReversibleBackbone):
                  frozen_stages: int = -1,
                  reversible: bool = True,
                  mlp_chunks: int = 1,
+                 exact_bits: Optional[int] = None,
                  init_cfg=[
                      dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
                      dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
@@ -124,7 +129,7 @@ class RevViT(ReversibleBackbone):
                           self.arch_settings['feedforward_channels'], drop_rate, rate,
                           qkv_bias, norm_cfg, mlp_chunks)
             for rate in drop_path_rates[:self.out_indices[-1] + 1]  # none after the last
-        ], reversible=reversible)
+        ], reversible=reversible, exact_bits=exact_bits)
         if self.out_indices[-1] == num_layers - 1:
             self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
                          if final_norm else nn.Identity())

@@ -50,16 +50,16 @@ class PoolingAttention(nn.Module):
         qkv_bias (bool): add a bias to the q, k, v projections. Defaults to True.
         pool_kernel (int | tuple[int]): kernel of the pooling convolutions.
             Defaults to 3.
-        stride_q (int | tuple[int], optional): stride of the q pooling (the output's
+        q_stride (int | tuple[int], optional): stride of the q pooling (the output's
             downsampling). Defaults to None.
-        stride_kv (int | tuple[int], optional): stride of the k and v pooling.
+        kv_stride (int | tuple[int], optional): stride of the k and v pooling.
             Defaults to None.
         norm_cfg (dict): norm after each pooling. Defaults to LN with eps 1e-6.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_heads: int,
                  qkv_bias: bool = True, pool_kernel: Axes = 3,
-                 stride_q: Optional[Axes] = None, stride_kv: Optional[Axes] = None,
+                 q_stride: Optional[Axes] = None, kv_stride: Optional[Axes] = None,
                  norm_cfg: dict = dict(type='LN', eps=1e-6)):
         super().__init__()
         if out_channels % num_heads:
@@ -73,7 +73,7 @@ class PoolingAttention(nn.Module):
         head_channels = out_channels // num_heads
         kernel = _axes(pool_kernel)
         conv = nn.Conv3d if len(kernel) == 3 else nn.Conv2d
-        for name, stride in (('q', stride_q), ('k', stride_kv), ('v', stride_kv)):
+        for name, stride in (('q', q_stride), ('k', kv_stride), ('v', kv_stride)):
             stride = None if stride is None else _axes(stride, len(kernel))
             pooled = stride is not None and (math.prod(kernel) > 1 or math.prod(stride) > 1)
             setattr(self, f'pool_{name}', conv(

@@ -121,10 +121,23 @@ def make_wrapper(case: Case, model) -> OptimWrapper:
                         accumulative_counts=case.accumulative_counts)
 
 
-def ddp_worker(rank: int, port: int, out_dir: str) -> None:
+def gloo_worker(rank: int, port: int, out_dir: str, train_rank: Callable) -> None:
+    """One process of a ``WORLD``-process gloo group: saves ``train_rank(rank)``."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    torch.save(train_rank(rank), os.path.join(out_dir, f'rank{rank}.pth'))
+    dist.destroy_process_group()
+
+
+def spawn_ranks(train_rank: Callable, out_dir: Path) -> List[dict]:
+    """What ``train_rank`` returns on each process of a gloo group, by rank."""
+    mp.spawn(gloo_worker, args=(free_port(), str(out_dir), train_rank), nprocs=WORLD)
+    return [torch.load(out_dir / f'rank{rank}.pth', weights_only=True)
+            for rank in range(WORLD)]
+
+
+def ddp_rank(rank: int) -> dict:
     results = {}
     for case in DDP_CASES:
         model = classifier(case)
@@ -134,8 +147,7 @@ def ddp_worker(rank: int, port: int, out_dir: str) -> None:
         losses = train(ddp, make_wrapper(case, model),
                        [rank_batch(i, rank) for i in range(ITERS)])
         results[case.id] = dict(params=model.state_dict(), losses=torch.tensor(losses))
-    torch.save(results, os.path.join(out_dir, f'rank{rank}.pth'))
-    dist.destroy_process_group()
+    return results
 
 
 def free_port() -> int:
@@ -146,10 +158,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope='module')
 def ddp_results(tmp_path_factory) -> List[dict]:
-    out_dir = tmp_path_factory.mktemp('ddp')
-    mp.spawn(ddp_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
-    return [torch.load(out_dir / f'rank{rank}.pth', weights_only=True)
-            for rank in range(WORLD)]
+    return spawn_ranks(ddp_rank, tmp_path_factory.mktemp('ddp'))
 
 
 def one_process_training(case: Case) -> Dict[str, torch.Tensor]:
@@ -221,10 +230,7 @@ def fsdp_step(model, inputs: torch.Tensor) -> None:
             param.grad = None
 
 
-def fsdp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+def fsdp_rank(rank: int) -> dict:
     results = {}
     for wrapping in FSDP_WRAPPINGS:
         model = fsdp_backbone(wrapping)
@@ -235,16 +241,12 @@ def fsdp_worker(rank: int, port: int, out_dir: str) -> None:
         results[wrapping] = dict(
             params={name: param.full_tensor() for name, param in model.named_parameters()},
             warned=any('ordinary backprop' in str(w.message) for w in caught))
-    torch.save(results, os.path.join(out_dir, f'rank{rank}.pth'))
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope='module')
 def fsdp_results(tmp_path_factory) -> List[dict]:
-    out_dir = tmp_path_factory.mktemp('fsdp')
-    mp.spawn(fsdp_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
-    return [torch.load(out_dir / f'rank{rank}.pth', weights_only=True)
-            for rank in range(WORLD)]
+    return spawn_ranks(fsdp_rank, tmp_path_factory.mktemp('fsdp'))
 
 
 @pytest.mark.parametrize('wrapping', FSDP_WRAPPINGS)

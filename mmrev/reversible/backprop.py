@@ -46,17 +46,10 @@ class _ReversibleBlockFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor) -> Tuple:
         refuse_double_backward()
+        # a block that saved no outputs has one consumer, the reversible block above,
+        # whose backward always runs first and hands them down
         recomputed = ctx.handoff.pop(ctx.index, None)
-        if ctx.saved_tensors:
-            y1, y2 = ctx.saved_tensors
-        elif recomputed is not None:
-            y1, y2 = recomputed
-        else:
-            raise RuntimeError(
-                f'Reversible backprop rebuilds the outputs of block {ctx.index} in the '
-                f'backward of the block above it, and that has not run since the '
-                f'forward: a second backward through the stack (retain_graph=True) '
-                f'must also go through its last block; else set reversible=False')
+        y1, y2 = ctx.saved_tensors or recomputed
         x1, x2, dx1, dx2, param_grads = ctx.block.backward_pass(
             y1, y2, dy1, dy2, ctx.record)
         if ctx.hand_down:

@@ -12,8 +12,8 @@ spec = importlib.util.spec_from_file_location('benchmark_memory_speed', TOOL)
 bm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bm)
 
-TINY = dict(arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),
-            patch_size=8)
+TINY = dict(arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64,
+                     patch_size=8))
 TINY_MVIT = dict(embed_dims=8, num_layers=5, num_heads=1, transition_layers=[1, 3],
                  mlp_ratio=1.0)
 
@@ -136,6 +136,18 @@ def test_step_memory_reports_extra_over_resting_state_growing_with_batch():
     assert 0 < extra[1] < extra[4]
 
 
+def test_compiled_cases_count_their_graph_breaks_and_run_only_when_named():
+    family = revvit()
+    x = family.make_input(2, 32, 'cpu')
+    breaks = {case: bm.graph_breaks(family, bm.set_mode(family.build(case, 2, 32), True), x)
+              for case in family.compiled_cases}
+    assert breaks['mmrev-rev-compiled'] == 1 and breaks['mmrev-ordinary-compiled'] == 0
+    assert breaks['mmpretrain-vit-compiled'] >= 0  # mmpretrain's own
+    args = bm.parse_args([])
+    bm.make_family(args)
+    assert args.cases == list(family.cases)
+
+
 def test_ratios_against_baseline_and_table():
     rows = bm.add_ratios([
         dict(depth=2, batch_size=1, img_size=32, case='mmrev-rev', extra_mem_mib=10.,
@@ -216,10 +228,10 @@ def test_config_must_hold_a_backbone_of_the_family(tmp_path):
     assert kwargs['arch']['embed_dims'] == 384 and kwargs['drop_path_rate'] == 0.1
     assert 'init_cfg' not in kwargs
     assert torch.is_tensor(bm.RevViTFamily().make_input(1, 16, 'cpu'))
-    config.write_text("model = dict(backbone=dict(type='mmrev.RevMViT', mlp_chunks=4, "
+    config.write_text("model = dict(backbone=dict(type='mmrev.RevMViT', g_chunks=4, "
                       "out_type='featmap', out_scales=(0, 1, 2, 3)))\n")
     kwargs = bm.RevMViTFamily(config=str(config)).kwargs
-    assert kwargs['mlp_chunks'] == 4 and 'out_scales' not in kwargs
+    assert kwargs['g_chunks'] == 4 and 'out_scales' not in kwargs
     with pytest.raises(ValueError, match='Unknown case'):
         bm.make_family(bm.parse_args(['--model', 'revmvit', '--cases', 'mmpretrain-vit']))
 

@@ -201,16 +201,17 @@ def test_missing_file(tmp_path):
 
 def revvit(arch, **kwargs):
     from mmrev.models import RevViT
-    return RevViT(arch=arch, img_size=32, patch_size=8, **kwargs)
+    return RevViT(arch=arch, img_size=32, **kwargs)
 
 
-TINY_VIT = dict(embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)
+TINY_VIT = dict(embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32,
+                patch_size=8)
 
 
 def test_backbone_refuses_weights_of_another_arch(tmp_path):
     small = revvit('small')
     tiny = revvit(TINY_VIT)
-    with pytest.raises(ValueError, match=r"pos_embed \(1, 16, 384\) \(model: \(1, 16, 16\)\)"
+    with pytest.raises(ValueError, match=r"pos_embed \(1, 4, 384\) \(model: \(1, 16, 16\)\)"
                        r".*looks like RevViT arch 'small' \(384 dims, 12 layers"):
         tiny.load_state_dict(small.state_dict())
     # through mmengine's loaders too (strict=False only warns about missing keys)
@@ -236,8 +237,7 @@ def test_classifier_with_another_head_still_loads_its_backbone(tmp_path):
     from mmpretrain.models import ImageClassifier
 
     def classifier(num_classes):
-        return ImageClassifier(backbone=dict(type='mmrev.RevViT', arch=TINY_VIT, img_size=32,
-                                             patch_size=8),
+        return ImageClassifier(backbone=dict(type='mmrev.RevViT', arch=TINY_VIT, img_size=32),
                                head=dict(type='LinearClsHead', num_classes=num_classes,
                                          in_channels=32))
     with DefaultScope.overwrite_default_scope('mmpretrain'):

@@ -450,7 +450,7 @@ def test_architecture_without_cfg_is_inferred_or_given(tmp_path, capsys):
     assert not (tmp_path / 'bare.py').exists()  # no SlowFast cfg, no config written
     converted = torch.load(tmp_path / 'bare.pth', weights_only=True)
     spec = spec_from_state_dict(checkpoint['model_state'], 'RevViT', arch)
-    assert spec.backbone['img_size'] == 32 and spec.backbone['patch_size'] == 8
+    assert spec.backbone['img_size'] == 32 and spec.backbone['arch']['patch_size'] == 8
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(classifier_config(spec))
     model.load_state_dict(converted['state_dict'], strict=True)

@@ -43,7 +43,7 @@ TINY = {
         config='mask-rcnn_revvit-base_simplefpn_lsj-100e_coco.py',
         backbone=dict(type='mmrev.RevViT', arch=dict(
             embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
-            patch_size=16, drop_rate=0.1, drop_path_rate=0.1),
+            drop_rate=0.1, drop_path_rate=0.1),
         neck=dict(in_channels=64, out_channels=32)),
     'revmvit': dict(
         config='mask-rcnn_revmvit-base_fpn_lsj-100e_coco.py',

@@ -32,8 +32,8 @@ from mmrev.models import RevViT
 from mmrev.testing import relative_error, set_reversible
 
 BACKBONES = {
-    'RevViT': dict(type='mmrev.RevViT', img_size=32, patch_size=8, arch=dict(
-        embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)),
+    'RevViT': dict(type='mmrev.RevViT', img_size=32, arch=dict(
+        embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32, patch_size=8)),
     'RevMViT': dict(type='mmrev.RevMViT', img_size=32, arch=dict(
         embed_dims=16, num_layers=3, num_heads=1, transition_layers=(1, ))),
 }

@@ -27,8 +27,9 @@ class TinyClassifier(BaseModel):
     def __init__(self, drop_path_rate=0.):
         super().__init__()
         self.backbone = RevViT(
-            arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
-            img_size=32, patch_size=8, drop_path_rate=drop_path_rate)
+            arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64,
+                      patch_size=8),
+            img_size=32, drop_path_rate=drop_path_rate)
         self.head = nn.Linear(64, 4)
 
     def forward(self, inputs, labels, mode='tensor'):

@@ -13,8 +13,8 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 from mmrev.models import RevMViT, RevViT
 
 CONFIGS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'detection')
-TINY_VIT = dict(type='mmrev.RevViT', img_size=32, patch_size=8, arch=dict(
-    embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32))
+TINY_VIT = dict(type='mmrev.RevViT', img_size=32, arch=dict(
+    embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32, patch_size=8))
 TINY_MVIT = dict(type='mmrev.RevMViT', img_size=64, arch=dict(
     embed_dims=8, num_layers=7, num_heads=1, transition_layers=(1, 3, 5)))
 RATE, LR, WD = 0.5, 1e-3, 0.05

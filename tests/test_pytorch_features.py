@@ -20,11 +20,11 @@ from mmrev.testing import (
     set_reversible,
 )
 
-TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
+TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64, patch_size=8)
 
 
 def tiny_revvit(**kwargs):
-    return RevViT(arch=TINY, img_size=32, patch_size=8, **kwargs)
+    return RevViT(arch=TINY, img_size=32, **kwargs)
 
 
 def tiny_revmvit(**kwargs):
@@ -231,6 +231,22 @@ def test_torch_export_and_onnx_of_an_eval_model(make):
     outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(outputs[-1]), expected, rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize('make', [tiny_revvit, tiny_revmvit])
+def test_compiled_backbone_breaks_its_graph_once_and_only_in_reversible_training(make):
+    """Embedding compiled, the rest (stacks, stage transitions and output norms, which
+    rerun in backward) one uncompiled call; nothing breaks the graph otherwise."""
+    x = torch.randn(2, 3, 32, 32)
+    for training, reversible, breaks in [(True, True, 1), (True, False, 0),
+                                         (False, True, 0)]:
+        model = make(reversible=reversible).train(training)
+        torch._dynamo.reset()
+        def loss(x, model=model):
+            return model(x)[-1].square().mean()
+
+        explanation = torch._dynamo.explain(loss)(x)
+        assert explanation.graph_break_count == breaks, explanation.break_reasons
 
 
 def test_compiled_training_with_dropout_matches_eager(monkeypatch):

@@ -236,7 +236,7 @@ def test_transitions_keep_no_activations_of_their_own():
 
 def test_chunked_recompute_matches_ordinary_backprop():
     torch.manual_seed(0)
-    model = four_stages(mlp_chunks=2, drop_path_rate=0.2).train()
+    model = four_stages(g_chunks=2, drop_path_rate=0.2).train()
     assert model.stages[0].blocks[0].g_chunks == 2
     assert model.stages[1].transition.fusion_chunks == 2
     assert model.stages[2].transition.fusion_chunks == 1

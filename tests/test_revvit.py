@@ -14,12 +14,11 @@ from mmrev.testing import (
     saved_tensor_bytes,
 )
 
-TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
+TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64, patch_size=8)
 
 
 def tiny(num_layers=4, **kwargs):
     kwargs.setdefault('img_size', 32)
-    kwargs.setdefault('patch_size', 8)
     return RevViT(arch=dict(TINY, num_layers=num_layers), **kwargs)
 
 
@@ -52,10 +51,10 @@ def test_gradients_match_ordinary_backprop(depth):
 
 def test_chunked_mlp_recompute_matches_ordinary_backprop():
     torch.manual_seed(0)
-    model = tiny(3, drop_path_rate=0.3, mlp_chunks=3).train()
+    model = tiny(3, drop_path_rate=0.3, g_chunks=3).train()
     assert_same_gradients(model, torch.randn(2, 3, 48, 32))
     with pytest.raises(ValueError, match='drop_rate'):
-        tiny(mlp_chunks=2, drop_rate=0.1)
+        tiny(g_chunks=2, drop_rate=0.1)
 
 
 def train_two_steps(seed):

@@ -7,9 +7,9 @@ model = dict(
     type='ImageClassifier',
     backbone=dict(
         type='mmrev.RevViT',
-        arch=dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=256),
+        arch=dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=256,
+                  patch_size=8),
         img_size=32,
-        patch_size=8,
         drop_path_rate=0.1,
         reversible=True),
     neck=None,

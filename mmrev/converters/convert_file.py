@@ -150,13 +150,13 @@ def convert_slowfast_file(src: str, dst: str, force: bool = False,
     cfg_text = checkpoint.get('cfg') if 'model_state' in checkpoint else None
     if isinstance(cfg_text, str):
         spec = spec_from_slowfast_cfg(cfg_text, state_dict)
+        if arch is not None:
+            spec.backbone['arch'] = arch
     else:
         kind = detect_model_kind(state_dict)
         spec = spec_from_state_dict(state_dict, kind, arch)
         log(f'No SlowFast cfg in {src}, so no config file is written; the architecture '
             f'is {"the one given" if arch else NOT_IN_WEIGHTS[kind]}')
-    if arch is not None:
-        spec.backbone['arch'] = arch
     config_path = osp.splitext(dst)[0] + '.py' if isinstance(cfg_text, str) else None
     if config_path:
         check_destination(config_path, src, force)

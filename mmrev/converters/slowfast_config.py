@@ -175,10 +175,10 @@ def _revvit_backbone_from_cfg(mvit: dict, data: dict) -> dict:
         type='mmrev.RevViT',
         arch=dict(embed_dims=embed_dims, num_layers=mvit['DEPTH'],
                   num_heads=mvit['NUM_HEADS'],
-                  feedforward_channels=int(embed_dims * mvit['MLP_RATIO'])),
+                  feedforward_channels=int(embed_dims * mvit['MLP_RATIO']),
+                  patch_size=_square(mvit['PATCH_KERNEL'], 'MVIT.PATCH_KERNEL'),
+                  qkv_bias=mvit.get('QKV_BIAS', True)),
         img_size=data.get('TRAIN_CROP_SIZE', 224),
-        patch_size=_square(mvit['PATCH_KERNEL'], 'MVIT.PATCH_KERNEL'),
-        qkv_bias=mvit.get('QKV_BIAS', True),
         drop_rate=mvit.get('DROPOUT_RATE', 0.),
         drop_path_rate=mvit.get('DROPPATH_RATE', 0.))
 
@@ -332,10 +332,13 @@ def spec_from_state_dict(state_dict: Mapping[str, Tensor], kind: str,
             f'tokens: pass a checkpoint with its SlowFast cfg')
     backbone = dict(type=f'mmrev.{kind}', arch=arch)
     if kind == 'RevViT':
-        patch_kernel = _square(_shape(state_dict, 'patch_embed.proj.weight')[2:],
-                               'The patch embedding kernel')
-        backbone.update(img_size=grid * patch_kernel, patch_size=patch_kernel,
-                        qkv_bias=f'{REV_LAYER_PREFIX}0.F.attn.q.bias' in state_dict)
+        in_weights = dict(
+            patch_size=_square(_shape(state_dict, 'patch_embed.proj.weight')[2:],
+                               'The patch embedding kernel'),
+            qkv_bias=f'{REV_LAYER_PREFIX}0.F.attn.q.bias' in state_dict)
+        if any(settings[k] != v for k, v in in_weights.items()):
+            backbone['arch'] = dict(settings, **in_weights)
+        backbone.update(img_size=grid * in_weights['patch_size'])
     else:
         stride = RevMViT._per_axis(settings, 'patch_stride', RevMViT._grid_dims(settings))
         backbone.update(img_size=grid * stride[-1])

@@ -119,11 +119,6 @@ EAGER_REASON = ('reruns in backward replay the eager RNG, which compiled random 
                 'draw from: mmrev runs them uncompiled')
 
 
-@torch.compiler.disable(reason=EAGER_REASON)
-def _apply_recompute(*args):
-    return _Recompute.apply(*args)
-
-
 def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
          chunks: int = 1):
     """``fn(*inputs)`` under ordinary autograd: :func:`recompute`'s signature, so that a
@@ -131,6 +126,7 @@ def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = Non
     return fn(*inputs)
 
 
+@torch.compiler.disable(reason=EAGER_REASON)
 def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
               chunks: int = 1):
     """``fn(*inputs)``, keeping only ``inputs`` for backward, which reruns ``fn``.
@@ -156,4 +152,4 @@ def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] 
         params = trainable_parameters(fn)
     if not defers_to_backward():
         return fn(*inputs)
-    return _apply_recompute(fn, chunks, len(inputs), *inputs, *params)
+    return _Recompute.apply(fn, chunks, len(inputs), *inputs, *params)

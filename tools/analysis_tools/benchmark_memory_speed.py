@@ -11,6 +11,10 @@ alternatives a user would pick instead.
     mmpretrain-revvit     mmpretrain's ``RevVisionTransformer``
     mmpretrain-vit        mmpretrain's ``VisionTransformer`` (class token, as users run it)
 
+and, only when named in ``--cases``, ``mmrev-rev-compiled``, ``mmrev-ordinary-compiled`` and
+``mmpretrain-vit-compiled``: ``torch.compile`` (inductor) of that case, with the graph
+breaks of its training forward (``graph breaks``, from ``torch._dynamo.explain``).
+
 ``--model revmvit`` (RevMViT; depth: its layers, the last transition moved with it):
 
     mmrev-rev             mmrev RevMViT with reversible backprop
@@ -58,6 +62,10 @@ Examples (the README's tables)::
     python tools/analysis_tools/benchmark_memory_speed.py --model revmvit \\
         --batch-sizes 2 4 --img-sizes 224 --threads 1 --clock cpu --steps 5 \\
         --mem-repeats 2 --out-dir docs/benchmark/revmvit
+    python tools/analysis_tools/benchmark_memory_speed.py --arch small --depths 12 \
+        --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu --steps 5 --no-memory \
+        --cases mmrev-rev mmrev-rev-compiled mmrev-ordinary mmrev-ordinary-compiled \
+        mmpretrain-vit mmpretrain-vit-compiled --out-dir docs/benchmark/compile
 """
 import argparse
 import csv
@@ -70,6 +78,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -117,6 +126,7 @@ class Family:
 
     cases: Tuple[str, ...] = ()
     eval_cases: Tuple[str, ...] = ()  # the others compute the same eval
+    compiled_cases: Tuple[str, ...] = ()  # run only when named in --cases
     baseline: str = ''
     default_arch: str = ''
 
@@ -142,17 +152,21 @@ class Family:
         return torch.randn(batch_size, 3, img_size, img_size,
                            generator=generator).to(device)
 
+    def loss(self, model: nn.Module, x) -> torch.Tensor:
+        """``output.square().mean()``, the loss of a training step."""
+        return model(x)[-1].float().square().mean()
+
     def train_step(self, model: nn.Module, x) -> None:
-        """Forward and backward of ``output.square().mean()``."""
-        model(x)[-1].float().square().mean().backward()
+        self.loss(model, x).backward()
 
     @torch.no_grad()
     def eval_step(self, model: nn.Module, x) -> None:
         model(x)
 
     def check_case(self, case: str) -> None:
-        if case not in self.cases:
-            raise ValueError(f'Unknown case {case!r}; choose from {self.cases}')
+        if case not in self.cases + self.compiled_cases:
+            raise ValueError(f'Unknown case {case!r}; choose from '
+                             f'{self.cases + self.compiled_cases}')
 
 
 class RevViTFamily(Family):
@@ -162,7 +176,10 @@ class RevViTFamily(Family):
 
     cases = ('mmrev-rev', 'mmrev-exact', 'mmrev-ordinary', 'mmrev-ckpt',
              'mmpretrain-revvit', 'mmpretrain-vit')
-    eval_cases = ('mmrev-rev', 'mmrev-exact', 'mmpretrain-revvit', 'mmpretrain-vit')
+    compiled_cases = ('mmrev-rev-compiled', 'mmrev-ordinary-compiled',
+                      'mmpretrain-vit-compiled')  # torch.compile (inductor) of the case
+    eval_cases = ('mmrev-rev', 'mmrev-exact', 'mmpretrain-revvit', 'mmpretrain-vit',
+                  'mmrev-rev-compiled', 'mmpretrain-vit-compiled')
     baseline = 'mmpretrain-vit'
     default_arch = 'small'
     default_depths = [12, 24, 48]
@@ -181,7 +198,10 @@ class RevViTFamily(Family):
 
         from mmrev.models import RevViT
         self.check_case(case)
-        arch = dict(self.kwargs['arch'], num_layers=depth)
+        if case in self.compiled_cases:
+            return torch.compile(self.build(case.removesuffix('-compiled'), depth,
+                                            img_size))
+        arch = RevViT._parse_arch(dict(self.kwargs['arch'], num_layers=depth))
         if case.startswith('mmrev'):
             exact = dict(exact_bits=24) if case == 'mmrev-exact' else {}
             model = RevViT(**dict(self.kwargs, arch=arch, img_size=img_size,
@@ -191,9 +211,10 @@ class RevViTFamily(Family):
                     model.layers[i] = CheckpointedBlock(block)
             return model
         cls = RevVisionTransformer if case == 'mmpretrain-revvit' else VisionTransformer
-        same = {k: self.kwargs[k] for k in ('patch_size', 'drop_rate', 'drop_path_rate',
-                                            'qkv_bias') if k in self.kwargs}
-        return cls(arch=arch, img_size=img_size, **same)
+        same = {k: self.kwargs[k] for k in ('drop_rate', 'drop_path_rate')
+                if k in self.kwargs}
+        return cls(arch={k: arch[k] for k in RevViT.REQUIRED_ARCH_KEYS}, img_size=img_size,
+                   patch_size=arch['patch_size'], qkv_bias=arch['qkv_bias'], **same)
 
     def targets(self, rows: List[dict], per_image: List[dict], device: str) -> List[dict]:
         return targets_in(rows, self.embed_dims, device)
@@ -413,6 +434,15 @@ def _minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def graph_breaks(family: Family, model: nn.Module, x) -> int:
+    """The graph breaks ``torch.compile`` makes in the forward of a training step of
+    ``model`` (a compiled module: its original one is traced)."""
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(partial(family.loss, model._orig_mod))(x)
+    torch._dynamo.reset()
+    return explanation.graph_break_count
+
+
 def median_times(models: Dict[str, nn.Module], x, step: Callable, steps: int, warmup: int,
                  clock=time.perf_counter, cuda: bool = False
                  ) -> Dict[str, Tuple[float, float]]:
@@ -463,9 +493,13 @@ def worker(args, family: Family) -> Dict[str, dict]:
     results = {}
     if task == 'train':
         models = build_models(family, args.cases, depth, img_size, args.device, True)
+        breaks = {case: graph_breaks(family, models[case], x) for case in models
+                  if case in family.compiled_cases}
         for case, (t, faults) in median_times(models, x, family.train_step, args.steps,
                                               args.warmup, clock, cuda).items():
             results[case] = dict(step_s=t, step_faults=faults)
+            if case in breaks:
+                results[case]['graph_breaks'] = breaks[case]
         models = {c: set_mode(models[c], False) for c in eval_cases}
         key = 'eval_after_train'
     else:
@@ -711,7 +745,8 @@ COLUMNS = (('depth', 'depth', '{:d}'), ('batch_size', 'batch', '{:d}'),
            ('eval_faults', 'faults/eval', '{:.0f}'),
            ('eval_after_train_img_s', 'eval img/s after train', '{:.1f}'),
            ('eval_after_train_vs_baseline', 'ratio after train', '{:.2f}'),
-           ('eval_after_train_faults', 'faults/eval after train', '{:.0f}'))
+           ('eval_after_train_faults', 'faults/eval after train', '{:.0f}'),
+           ('graph_breaks', 'graph breaks', '{:d}'))
 
 
 def format_table(rows: List[dict]) -> str:

@@ -54,8 +54,8 @@ if [[ $DRY_RUN == 1 ]]; then
   STEPS=(--steps 1 --warmup 0) MEM_REPEATS=1 TP_STEPS=(--steps 1 --warmup 0) DRY_FLAG=(--dry-run)
   export OMP_NUM_THREADS=1
   cat >"$WORK/revvit_tiny.py" <<'EOF'
-model = dict(backbone=dict(type='mmrev.RevViT', patch_size=8, arch=dict(
-    embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)))
+model = dict(backbone=dict(type='mmrev.RevViT', arch=dict(
+    embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64, patch_size=8)))
 EOF
   ARGS[vit-tiny]="--config $WORK/revvit_tiny.py --depths 2"
   CASES[vit-tiny]="mmrev-rev mmpretrain-vit"

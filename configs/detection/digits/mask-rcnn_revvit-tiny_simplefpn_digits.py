@@ -9,9 +9,9 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='mmrev.RevViT',
-        arch=dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=256),
+        arch=dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=256,
+                  patch_size=8),
         img_size=128,  # the classifier's 32x32 position embedding is interpolated
-        patch_size=8,
         drop_path_rate=0.1,
         out_type='featmap',
         init_cfg=dict(type='Pretrained', checkpoint=classifier, prefix='backbone.')),

@@ -10,12 +10,18 @@ from torch import Tensor, nn
 
 from mmrev.reversible import trainable_parameters
 from mmrev.reversible.diagnostics import reversible_sequences, set_reversible
+from mmrev.reversible.recomputation import EAGER_REASON, defers_to_backward
 
 from ..layers import grid_pos_embed, square_grid
 
 
 def _norm_of_concat(norm: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
     return norm(torch.cat([x1, x2], dim=-1))
+
+
+@torch.compiler.disable(reason=EAGER_REASON)
+def _uncompiled(fn: Callable, *args):
+    return fn(*args)
 
 
 class ReversibleBackbone(BaseBackbone):
@@ -26,9 +32,17 @@ class ReversibleBackbone(BaseBackbone):
     list what ``frozen_stages`` freezes in :meth:`_frozen_modules` (besides
     ``pos_embed``, frozen from stage 0 on). Loading a checkpoint goes through
     :meth:`_prepare_checkpoint`.
+
+    One convention for both backbones: the ``arch`` (a zoo name or a dict) holds every
+    setting that fixes the weights' names and shapes (widths, depths, heads, patch
+    embedding, biases); constructor arguments hold the rest (input size, regularisation,
+    outputs, freezing, the engine's options). A custom arch dict needs
+    ``REQUIRED_ARCH_KEYS`` and may set any other key of the zoo's entries; the others
+    come from the zoo entry :meth:`_default_arch_name` names.
     """
 
     arch_zoo: dict = {}
+    REQUIRED_ARCH_KEYS: Tuple[str, ...] = ()
     OUT_TYPES = ('avg_featmap', 'featmap', 'raw')
 
     def __init__(self, init_cfg=None):
@@ -134,6 +148,53 @@ class ReversibleBackbone(BaseBackbone):
             raise ValueError(f'Unknown {cls.__name__} arch {name!r}; choose one of '
                              f'{sorted(set(cls.arch_zoo))} or pass a dict')
         return cls.arch_zoo[name.lower()]
+
+    @classmethod
+    def _parse_arch(cls, arch) -> dict:
+        """The complete settings of the zoo name or custom dict ``arch``."""
+        if isinstance(arch, str):
+            return cls._zoo_arch(arch)
+        allowed = set().union(*cls.arch_zoo.values())
+        if (not isinstance(arch, dict) or not set(cls.REQUIRED_ARCH_KEYS) <= set(arch)
+                or not set(arch) <= allowed):
+            raise ValueError(f'A custom {cls.__name__} arch must be a dict with the keys '
+                             f'{list(cls.REQUIRED_ARCH_KEYS)} and optionally any of '
+                             f'{sorted(allowed - set(cls.REQUIRED_ARCH_KEYS))}, '
+                             f'got {arch!r}')
+        arch = {**cls.arch_zoo[cls._default_arch_name(arch)], **arch}
+        cls._check_arch(arch)
+        return arch
+
+    @classmethod
+    def _default_arch_name(cls, arch: dict) -> str:
+        """The zoo entry whose settings a custom ``arch`` leaves out."""
+        return 'base'
+
+    @classmethod
+    def _check_arch(cls, arch: dict) -> None:
+        """Raise :class:`ValueError` on settings that do not make a model."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images or clips to the position-embedded token map."""
+        raise NotImplementedError
+
+    def trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The token map ``x`` through the layers to the outputs."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """:meth:`embed`, then :meth:`trunk`.
+
+        While a stack trains with reversible backprop, the trunk runs uncompiled under
+        ``torch.compile``: its stacks and reruns would anyway (see
+        :class:`~mmrev.reversible.ReversibleSequence`), and one graph break replaces one
+        per stack and rerun part.
+        """
+        tokens = self.embed(x)
+        if (self.training and defers_to_backward()
+                and any(stack.reversible for stack in reversible_sequences(self))):
+            return _uncompiled(self.trunk, tokens)
+        return self.trunk(tokens)
 
     def _set_out_type(self, out_type: str) -> None:
         if out_type not in self.OUT_TYPES:

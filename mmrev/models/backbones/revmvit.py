@@ -63,7 +63,7 @@ def round_width(width: int, multiplier: float, divisor: int = 1) -> int:
 
 def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                    pool_kernel: Grid, kv_stride: Grid, drop_path_rate: float,
-                   norm_cfg: dict, mlp_chunks: int = 1) -> ReversibleBlock:
+                   norm_cfg: dict, g_chunks: int = 1) -> ReversibleBlock:
     """``Y1 = X1 + D * PoolAttn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
     block's stochastic depth (one mask for both branches, as SlowFast); k and v pooled
     with ``kv_stride``, q not pooled (the grid is kept)."""
@@ -74,7 +74,7 @@ def rev_mvit_block(channels: int, num_heads: int, mlp_ratio: float, qkv_bias: bo
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, channels),
         mlp=Mlp(channels, int(channels * mlp_ratio))))
-    return ReversibleBlock(f, g, drop_path_rate, mlp_chunks)
+    return ReversibleBlock(f, g, drop_path_rate, g_chunks)
 
 
 class StageTransition(nn.Module):
@@ -227,15 +227,15 @@ class RevMViT(ReversibleBackbone):
             inputs from their outputs, the stage transitions and output norms rerun
             from their inputs, in backward; False: ordinary backprop, with the same
             gradients. Defaults to True.
-        mlp_chunks (int): split the backward reruns of the token-wise parts at the
-            patch resolution (the MLPs of stage 0, the fusion of the first
-            transition), the largest ones, over this many chunks of rows, which cuts
+        g_chunks (int): split the backward reruns of the token-wise parts at the
+            patch resolution (the G branches, MLPs, of stage 0 and the fusion of the
+            first transition), the largest ones, over this many chunks of rows, which cuts
             the peak training memory at no measurable cost in time. Defaults to 4.
         exact_bits (int, optional): exact mode of the reversible stacks: streams in
             fixed point with this many fractional bits, inverses bit for bit and
             reversible gradients equal to ordinary ones exactly, at some cost in time
             (see :class:`~mmrev.reversible.ReversibleSequence`); reruns are then not
-            chunked (``mlp_chunks`` ignored). Defaults to None.
+            chunked (``g_chunks`` ignored). Defaults to None.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
         init_cfg (dict | list, optional): initialisation config.
     """
@@ -266,7 +266,7 @@ class RevMViT(ReversibleBackbone):
                  out_scales: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
                  reversible: bool = True,
-                 mlp_chunks: int = 4,
+                 g_chunks: int = 4,
                  exact_bits: Optional[int] = None,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=[
@@ -278,7 +278,7 @@ class RevMViT(ReversibleBackbone):
         arch = self.arch_settings = self._parse_arch(arch)
         self._set_out_type(out_type)
         if exact_bits is not None:  # chunked reruns sum parameter gradients in another order
-            mlp_chunks = 1
+            g_chunks = 1
         transitions = sorted(arch['transition_layers'])
         num_layers, num_stages = arch['num_layers'], len(transitions) + 1
         self.out_scales = self._parse_out_scales(out_scales, num_stages)
@@ -320,12 +320,12 @@ class RevMViT(ReversibleBackbone):
                     2 * channels, out_channels, num_heads, q_stride=q_strides[s - 1],
                     kv_stride=kv_stride, fusion=arch['pre_q_fusion'],
                     res_path=arch['res_path'], drop_path_rate=drop_path_rates[first],
-                    fusion_chunks=mlp_chunks if s == 1 else 1, **common)
+                    fusion_chunks=g_chunks if s == 1 else 1, **common)
                 channels, first = out_channels, first + 1
             blocks = ReversibleSequence([
                 rev_mvit_block(channels, num_heads, kv_stride=kv_stride,
                                drop_path_rate=drop_path_rates[i],
-                               mlp_chunks=mlp_chunks if s == 0 else 1, **common)
+                               g_chunks=g_chunks if s == 0 else 1, **common)
                 for i in range(first, bounds[s + 1])
             ], reversible=reversible, exact_bits=exact_bits)
             self.stages.append(RevMViTStage(transition, blocks))
@@ -336,25 +336,17 @@ class RevMViT(ReversibleBackbone):
         self._freeze_stages()
 
     @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            return cls._zoo_arch(arch)
-        allowed = set(cls.arch_zoo['base'])
-        if (not isinstance(arch, dict) or not set(cls.REQUIRED_ARCH_KEYS) <= set(arch)
-                or not set(arch) <= allowed):
-            raise ValueError(f'A custom arch must be a dict with the keys '
-                             f'{list(cls.REQUIRED_ARCH_KEYS)} and optionally any of '
-                             f'{sorted(allowed - set(cls.REQUIRED_ARCH_KEYS))}, '
-                             f'got {arch!r}')
-        default = 'video-base' if cls._grid_dims(arch) == 3 else 'base'
-        arch = {**cls.arch_zoo[default], **arch}
+    def _default_arch_name(cls, arch: dict) -> str:
+        return 'video-base' if cls._grid_dims(arch) == 3 else 'base'
+
+    @classmethod
+    def _check_arch(cls, arch: dict) -> None:
         layers, transitions = arch['num_layers'], sorted(arch['transition_layers'])
         gaps = [b - a for a, b in zip([-1] + transitions, transitions + [layers])]
         if min(gaps, default=2) < 2:
             raise ValueError(f'transition_layers {transitions} must be distinct layers in '
                              f'[1, {layers - 2}] with at least one reversible layer '
                              f'between two of them')
-        return arch
 
     @staticmethod
     def _grid_dims(arch: dict) -> int:
@@ -455,8 +447,9 @@ class RevMViT(ReversibleBackbone):
         x = self.patch_embed(x)
         return x + self._pos_embed_map(x.shape[1:-1])
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x1 = x2 = self.embed(x)
+    def trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The outputs of the stages ``out_scales`` for the token map ``x``."""
+        x1 = x2 = x
         outs = []
         for s, stage in enumerate(self.stages):
             x1, x2 = stage(x1, x2)

@@ -15,7 +15,7 @@ from .base import ReversibleBackbone
 
 def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
                   drop_rate: float, drop_path_rate: float, qkv_bias: bool,
-                  norm_cfg: dict, mlp_chunks: int) -> ReversibleBlock:
+                  norm_cfg: dict, g_chunks: int) -> ReversibleBlock:
     """``Y1 = X1 + D * Attn(LN(X2))``, ``Y2 = X2 + D * MLP(LN(Y1))``, ``D`` the
     block's stochastic depth."""
     f = nn.Sequential(OrderedDict(
@@ -24,7 +24,7 @@ def rev_vit_block(embed_dims: int, num_heads: int, feedforward_channels: int,
     g = nn.Sequential(OrderedDict(
         norm=build_norm_layer(norm_cfg, embed_dims),
         mlp=Mlp(embed_dims, feedforward_channels, drop=drop_rate)))
-    return ReversibleBlock(f, g, drop_path_rate, mlp_chunks)
+    return ReversibleBlock(f, g, drop_path_rate, g_chunks)
 
 
 @MODELS.register_module()
@@ -36,18 +36,17 @@ class RevViT(ReversibleBackbone):
     ``[Y1, Y2]`` concatenation (2C channels). No class token.
 
     Args:
-        arch (str | dict): ``'small'``, ``'base'``, ``'large'``, or a dict with keys
-            ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels``.
-            Defaults to ``'base'``.
+        arch (str | dict): ``'small'``, ``'base'``, ``'large'``, or a dict with the keys
+            ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels`` and
+            optionally ``patch_size`` (default 16) and ``qkv_bias`` (bias in the q, k,
+            v projection; default True). Defaults to ``'base'``.
         img_size (int | tuple): the input size the position embedding is made for;
             other sizes are interpolated. Defaults to 224.
-        patch_size (int): patch size. Defaults to 16.
         in_channels (int): image channels. Defaults to 3.
         drop_rate (float): dropout after the position embedding, the attention
             projection and the MLP layers. Defaults to 0.
         drop_path_rate (float): stochastic depth, rising linearly to this rate over
             the layers. Defaults to 0.
-        qkv_bias (bool): bias in the q, k, v projection. Defaults to True.
         norm_cfg (dict): normalisation layers. Defaults to LN with eps 1e-6.
         final_norm (bool): LayerNorm over the 2C output of the last layer.
             Defaults to True.
@@ -64,8 +63,9 @@ class RevViT(ReversibleBackbone):
         reversible (bool): reversible backprop in training (memory constant in
             depth); False: ordinary backprop through the same blocks, with the same
             gradients. Defaults to True.
-        mlp_chunks (int): split the MLP's backward recompute over this many chunks of
-            rows to cut peak memory; needs ``drop_rate=0``. Defaults to 1.
+        g_chunks (int): split the backward recompute of each block's G branch (the
+            MLP) over this many chunks of rows to cut peak memory; needs
+            ``drop_rate=0``. Defaults to 1.
         exact_bits (int, optional): exact mode of the reversible stacks: streams in
             fixed point with this many fractional bits, inverses bit for bit and
             reversible gradients equal to ordinary ones exactly, at some cost in time
@@ -74,28 +74,30 @@ class RevViT(ReversibleBackbone):
     """
     arch_zoo = {
         **dict.fromkeys(['s', 'small'], dict(
-            embed_dims=384, num_layers=12, num_heads=6, feedforward_channels=1536)),
+            embed_dims=384, num_layers=12, num_heads=6, feedforward_channels=1536,
+            patch_size=16, qkv_bias=True)),
         **dict.fromkeys(['b', 'base'], dict(
-            embed_dims=768, num_layers=12, num_heads=12, feedforward_channels=3072)),
+            embed_dims=768, num_layers=12, num_heads=12, feedforward_channels=3072,
+            patch_size=16, qkv_bias=True)),
         **dict.fromkeys(['l', 'large'], dict(
-            embed_dims=1024, num_layers=24, num_heads=16, feedforward_channels=4096)),
+            embed_dims=1024, num_layers=24, num_heads=16, feedforward_channels=4096,
+            patch_size=16, qkv_bias=True)),
     }
+    REQUIRED_ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
                  img_size: Union[int, Sequence[int]] = 224,
-                 patch_size: int = 16,
                  in_channels: int = 3,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
-                 qkv_bias: bool = True,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  final_norm: bool = True,
                  out_type: str = 'avg_featmap',
                  out_indices: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
                  reversible: bool = True,
-                 mlp_chunks: int = 1,
+                 g_chunks: int = 1,
                  exact_bits: Optional[int] = None,
                  init_cfg=[
                      dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
@@ -104,16 +106,16 @@ class RevViT(ReversibleBackbone):
         super().__init__(init_cfg)
         self.arch_settings = self._parse_arch(arch)
         self._set_out_type(out_type)
-        if mlp_chunks > 1 and drop_rate > 0:
-            raise ValueError('mlp_chunks > 1 replays per-sample randomness only; '
-                             'set drop_rate=0 or mlp_chunks=1')
+        if g_chunks > 1 and drop_rate > 0:
+            raise ValueError('g_chunks > 1 replays per-sample randomness only; '
+                             'set drop_rate=0 or g_chunks=1')
         num_layers = self.arch_settings['num_layers']
         self.out_indices = self._parse_out_indices(out_indices, num_layers)
         if not -1 <= frozen_stages <= num_layers:
             raise ValueError(f'frozen_stages must be in [-1, {num_layers}], '
                              f'got {frozen_stages}')
         self.embed_dims = self.arch_settings['embed_dims']
-        self.patch_size = patch_size
+        self.patch_size = patch_size = self.arch_settings['patch_size']
         self.frozen_stages = frozen_stages
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size,
@@ -127,23 +129,13 @@ class RevViT(ReversibleBackbone):
         self.layers = ReversibleSequence([
             rev_vit_block(self.embed_dims, self.arch_settings['num_heads'],
                           self.arch_settings['feedforward_channels'], drop_rate, rate,
-                          qkv_bias, norm_cfg, mlp_chunks)
+                          self.arch_settings['qkv_bias'], norm_cfg, g_chunks)
             for rate in drop_path_rates[:self.out_indices[-1] + 1]  # none after the last
         ], reversible=reversible, exact_bits=exact_bits)
         if self.out_indices[-1] == num_layers - 1:
             self.norm = (build_norm_layer(norm_cfg, 2 * self.embed_dims)
                          if final_norm else nn.Identity())
         self._freeze_stages()
-
-    @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            return cls._zoo_arch(arch)
-        keys = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
-        if not isinstance(arch, dict) or set(arch) != keys:
-            raise ValueError(f'A custom arch must be a dict with exactly the keys '
-                             f'{sorted(keys)}, got {arch!r}')
-        return arch
 
     @staticmethod
     def _parse_out_indices(out_indices: Union[int, Sequence[int]],
@@ -193,8 +185,8 @@ class RevViT(ReversibleBackbone):
         x = x + self._pos_embed_map(x.shape[1:3])
         return self.drop_after_pos(x)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.embed(x)
+    def trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The outputs of the layers ``out_indices`` for the tokens ``x``."""
         streams = self.layers(x, x, out_indices=self.out_indices)
         last = self.arch_settings['num_layers'] - 1
         return tuple(self._output(self.norm if i == last else nn.Identity(), x1, x2,

@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope, init_default_scope
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+from torch import nn
 
 from mmrev.converters import convert_slowfast_checkpoint, spec_from_slowfast_cfg
 from mmrev.models import RevMViT, RevViT, SimpleFPN, grid_pos_embed
@@ -367,6 +368,14 @@ def test_simple_fpn_levels_and_errors():
     outs = neck((torch.randn(2, 16, 3, 5), ))
     assert [o.shape for o in outs] == [(2, 8, 12, 20), (2, 8, 6, 10), (2, 8, 3, 5),
                                        (2, 8, 1, 2), (2, 8, 1, 1)]
+    upsampled = [m for m in neck.rescales[0] if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.out_channels for m in upsampled] == [8, 4]  # ViTDet: halved from the input
+    narrow = SimpleFPN(in_channels=16, out_channels=8, upsample_channels=4)
+    upsampled = [m for m in narrow.rescales[0] if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.out_channels for m in upsampled] == [4, 2]
+    assert narrow.lateral_convs[0].conv.in_channels == 2
+    assert [o.shape for o in narrow((torch.randn(2, 16, 3, 5), ))] == [
+        o.shape for o in outs]
     with pytest.raises(ValueError, match='single map'):
         neck((torch.randn(2, 16, 4, 4), torch.randn(2, 16, 2, 2)))
     with pytest.raises(ValueError, match='16 input channels'):

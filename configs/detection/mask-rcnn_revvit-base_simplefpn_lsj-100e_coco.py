@@ -1,5 +1,6 @@
 # Mask R-CNN with a RevViT-B backbone and mmrev's simple feature pyramid, ViTDet's recipe:
-# RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64;
+# RevViT's single stride-16 map (2 x 768 channels) becomes strides 4, 8, 16, 32, 64,
+# upsampled with ViT-B's widths in ViTDet (384 channels at stride 8, 192 at stride 4);
 # layer-wise lr decay 0.7 over the 12 layers, drop path 0.1 (ViTDet's ViT-B values).
 _base_ = './_base_/mask-rcnn_lsj-100e_coco.py'
 
@@ -21,6 +22,7 @@ model = dict(
         _delete_=True,
         type='mmrev.SimpleFPN',
         in_channels=2 * 768,
+        upsample_channels=384,
         out_channels=256,
         scale_factors=(4, 2, 1, 0.5),
         num_outs=5))

@@ -1,6 +1,6 @@
 """Simple feature pyramid (ViTDet, Li et al., ECCV 2022) for single-scale backbones."""
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
@@ -16,7 +16,8 @@ class SimpleFPN(BaseModule):
 
     Plain backbones such as :class:`~mmrev.models.RevViT` (``out_type='featmap'``)
     give a single stride-16 map. Each level rescales it by a power of two
-    (``2x2`` stride-2 transposed convs up, max pooling down), then a ``1x1`` and a
+    (``2x2`` stride-2 transposed convs up, each halving the channels from
+    ``upsample_channels`` on; max pooling down), then a ``1x1`` and a
     ``3x3`` conv, each followed by ``norm_cfg``, bring it to ``out_channels``.
     Levels beyond ``scale_factors`` are stride-2 subsamples of the last level
     (FPN's ``P6``). The output is a drop-in for mmdet's ``FPN`` outputs.
@@ -30,6 +31,11 @@ class SimpleFPN(BaseModule):
             ``(4, 2, 1, 0.5)``: strides 4, 8, 16, 32 from a stride-16 map.
         num_outs (int): number of output levels, at least ``len(scale_factors)``.
             Defaults to 5 (adds stride 64).
+        upsample_channels (int, optional): channels of the first upsampled map, halved
+            by each further upsampling. Defaults to ``in_channels // 2``, as ViTDet. For
+            RevViT's ``[Y1, Y2]`` map (2C channels), ``C // 2`` gives the neck a ViT's
+            widths from the first upsampling on, and half its activations at strides 4
+            and 8.
         norm_cfg (dict): the norm between upsampling convs and after each output
             conv. Defaults to ``dict(type='mmrev.LN2d')`` (LayerNorm over channels).
         act_cfg (dict): the activation between upsampling convs. Defaults to GELU.
@@ -41,6 +47,7 @@ class SimpleFPN(BaseModule):
                  out_channels: int,
                  scale_factors: Sequence[float] = (4, 2, 1, 0.5),
                  num_outs: int = 5,
+                 upsample_channels: Optional[int] = None,
                  norm_cfg: dict = dict(type='mmrev.LN2d', eps=1e-6),
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg=None):
@@ -58,6 +65,7 @@ class SimpleFPN(BaseModule):
         self.out_channels = out_channels
         self.scale_factors = tuple(scale_factors)
         self.num_outs = num_outs
+        self.upsample_channels = upsample_channels or in_channels // 2
 
         self.rescales = nn.ModuleList()
         self.lateral_convs = nn.ModuleList()
@@ -84,8 +92,9 @@ class SimpleFPN(BaseModule):
             if i:
                 layers += [build_norm_layer(norm_cfg, channels)[1],
                            build_activation_layer(act_cfg)]
-            layers.append(nn.ConvTranspose2d(channels, channels // 2, 2, stride=2))
-            channels //= 2
+            upsampled = self.upsample_channels >> i
+            layers.append(nn.ConvTranspose2d(channels, upsampled, 2, stride=2))
+            channels = upsampled
         return nn.Sequential(*layers), channels
 
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor]:

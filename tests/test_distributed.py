@@ -206,12 +206,13 @@ def test_ddp_with_bf16_autocast_trains_in_step(ddp_results, case):
 FSDP_WRAPPINGS = ('root', 'blocks', 'branches')
 
 
-def fsdp_backbone(wrapping: Optional[str] = None):
+def fsdp_backbone(wrapping: Optional[str] = None, num_layers: int = 2):
     """A RevViT (drop rates 0: ranks draw their own masks) sharded with FSDP2's
     ``fully_shard`` on the root and, by ``wrapping``, on each block or each F and G."""
     from torch.distributed.fsdp import fully_shard
     torch.manual_seed(0)
-    model = RevViT(**{k: v for k, v in BACKBONES['RevViT'].items() if k != 'type'}).train()
+    arch = dict(BACKBONES['RevViT']['arch'], num_layers=num_layers)
+    model = RevViT(img_size=BACKBONES['RevViT']['img_size'], arch=arch).train()
     if wrapping is None:
         return model
     for block in model.layers:
@@ -230,6 +231,20 @@ def fsdp_step(model, inputs: torch.Tensor) -> None:
             param.grad = None
 
 
+def saved_bytes(model, inputs: torch.Tensor) -> int:
+    """The bytes a training step's forward saves for backward."""
+    sizes = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = sum(out.pow(2).mean() for out in model(inputs))
+    loss.backward()
+    return sum(sizes)
+
+
 def fsdp_rank(rank: int) -> dict:
     results = {}
     for wrapping in FSDP_WRAPPINGS:
@@ -240,7 +255,10 @@ def fsdp_rank(rank: int) -> dict:
                 fsdp_step(model, global_batch(i)['inputs'].chunk(WORLD)[rank])
         results[wrapping] = dict(
             params={name: param.full_tensor() for name, param in model.named_parameters()},
-            warned=any('ordinary backprop' in str(w.message) for w in caught))
+            warned=any('ordinary backprop' in str(w.message) for w in caught),
+            saved=[saved_bytes(fsdp_backbone(wrapping, depth),
+                               global_batch(0)['inputs'].chunk(WORLD)[rank])
+                   for depth in (2, 4)])
     return results
 
 
@@ -252,9 +270,10 @@ def fsdp_results(tmp_path_factory) -> List[dict]:
 @pytest.mark.parametrize('wrapping', FSDP_WRAPPINGS)
 def test_fsdp2_matches_one_process(fsdp_results, wrapping):
     """FSDP2 on the root, on every block, or on every F and G (2 gloo processes, half the
-    batch each): the parameters of one process training on the whole batch. Sharded
-    blocks and branches run with ordinary backprop, with a warning (FSDP2's hooks act on
-    them); the root alone keeps reversible backprop."""
+    batch each): the parameters of one process training on the whole batch. The root and
+    sharded blocks keep reversible backprop (saved activations constant in depth);
+    sharded branches run with ordinary backprop, with a warning (FSDP2's hooks act inside
+    the blocks), and keep activations that grow with depth."""
     model = fsdp_backbone()
     for i in range(ITERS):
         fsdp_step(model, global_batch(i)['inputs'])
@@ -262,7 +281,10 @@ def test_fsdp2_matches_one_process(fsdp_results, wrapping):
     for results in fsdp_results:
         errors = parameter_errors(results[wrapping]['params'], expected)
         assert max(errors.values()) <= 1e-5, errors
-        assert results[wrapping]['warned'] == (wrapping != 'root')
+        assert results[wrapping]['warned'] == (wrapping == 'branches')
+        shallow, deep = results[wrapping]['saved']
+        assert (deep > shallow) if wrapping == 'branches' else (deep == shallow), (
+            shallow, deep)
 
 
 def train_on_one_batch(backbone: str, reversible: bool, wrapper: Callable,

@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch._inductor.config
 from torch import nn
 
 from mmrev.models import RevMViT, RevViT
@@ -249,12 +250,11 @@ def test_compiled_backbone_breaks_its_graph_once_and_only_in_reversible_training
         assert explanation.graph_break_count == breaks, explanation.break_reasons
 
 
-def test_compiled_training_with_dropout_matches_eager(monkeypatch):
+@torch._inductor.config.patch(fallback_random=True)
+def test_compiled_training_with_dropout_matches_eager():
     """The stacks run uncompiled (a graph break), so their reruns replay the random
     numbers their forward drew; with inductor's eager-RNG fallback for the compiled
     rest, compiled training gives the gradients of eager training."""
-    import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, 'fallback_random', True)
     model = tiny_revvit(drop_rate=0.3, drop_path_rate=0.2).train()
     compiled = torch.compile(model)
     x = torch.randn(2, 3, 32, 32)
@@ -262,6 +262,42 @@ def test_compiled_training_with_dropout_matches_eager(monkeypatch):
     actual = backprop_gradients(compiled, x, reversible=True, seed=3)
     actual = {name.removeprefix('_orig_mod.'): grad for name, grad in actual.items()}
     errors = gradient_errors(actual, expected)
+    assert max(errors.values()) <= 1e-5, errors
+
+
+@torch._inductor.config.patch(fallback_random=True)
+def test_mmengine_compile_trains_as_eager():
+    """mmengine's ``compile=True``: its runner compiles the model's ``train_step``
+    (forward, loss, backward and optimizer step); one SGD step of a classifier with
+    dropout and drop path moves every parameter as the eager step does."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner
+    from mmpretrain.models import ImageClassifier
+    from mmpretrain.structures import DataSample
+    generator = torch.Generator().manual_seed(0)
+    batch = dict(inputs=torch.randn(2, 3, 32, 32, generator=generator),
+                 data_samples=[DataSample().set_gt_label(label) for label in (1, 3)])
+
+    def step(compile: bool) -> dict:
+        torch.manual_seed(0)
+        model = ImageClassifier(
+            backbone=dict(type='mmrev.RevViT', arch=TINY, img_size=32, drop_rate=0.3,
+                          drop_path_rate=0.2),
+            head=dict(type='LinearClsHead', num_classes=4, in_channels=64)).train()
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        if compile:  # the runner's own code for cfg.compile=True, on this model
+            runner = Runner.__new__(Runner)
+            runner.cfg, runner.model = Config(dict(compile=True)), model
+            runner.logger = MMLogger.get_instance('test_mmengine_compile')
+            runner._maybe_compile('train_step')
+            assert hasattr(model.train_step, '_torchdynamo_orig_callable')
+        torch.manual_seed(1)
+        model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=1.)))
+        return {name: before[name] - p.detach() for name, p in model.named_parameters()}
+
+    errors = gradient_errors(step(compile=True), step(compile=False))
     assert max(errors.values()) <= 1e-5, errors
 
 

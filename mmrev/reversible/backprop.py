@@ -6,6 +6,7 @@ itself, and hands the recomputed inputs down to the block below as that block's 
 Activation memory therefore does not grow with depth.
 """
 import warnings
+from functools import partial
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .block import InvertibleBlock, Streams
 from .coupling import ReversibleBlock, to_fixed_point
-from .module_hooks import has_hooks
+from .module_hooks import fsdp2_state, has_hooks
 from .recomputation import EAGER_REASON, call, defers_to_backward, recompute, refuse_double_backward
 
 
@@ -36,7 +37,8 @@ class _ReversibleBlockFunction(torch.autograd.Function):
                 handoff: Dict[int, Streams], index: int, save_outputs: bool,
                 hand_down: bool, *params: Tensor) -> Streams:
         records = []
-        y1, y2 = block(x1, x2, records)
+        # the block's own forward: its module hooks (FSDP2's) run around this node
+        y1, y2 = type(block).forward(block, x1, x2, records)
         ctx.block, ctx.handoff, ctx.index, ctx.record = block, handoff, index, records[0]
         ctx.hand_down = hand_down
         if save_outputs:
@@ -57,29 +59,52 @@ class _ReversibleBlockFunction(torch.autograd.Function):
         return (dx1, dx2, None, None, None, None, None, *param_grads)
 
 
+def _apply_block(x1: Tensor, x2: Tensor, *, block: InvertibleBlock,
+                 handoff: Dict[int, Streams], index: int, save_outputs: bool,
+                 hand_down: bool) -> Streams:
+    """``block`` as one :class:`_ReversibleBlockFunction`, on the parameters it has
+    now: under FSDP2, called as the block's forward, the unsharded ones."""
+    return _ReversibleBlockFunction.apply(x1, x2, block, handoff, index, save_outputs,
+                                          hand_down, *block.trainable_parameters())
+
+
+def _call_through_hooks(block: InvertibleBlock, forward: Callable, *streams: Tensor):
+    """``forward(*streams)`` called as ``block``'s forward, inside its module hooks:
+    FSDP2's gather the block's parameters before it and reshard them after; in backward
+    they gather them again before the node's backward and reduce-scatter the gradients
+    it returns."""
+    block.forward = forward
+    try:
+        return block(*streams)
+    finally:
+        del block.forward
+
+
 @torch.compiler.disable(reason=EAGER_REASON)
 def _run_reversibly(blocks: Sequence[InvertibleBlock], x1: Tensor, x2: Tensor,
                     keep: set) -> List[Streams]:
-    """Run ``blocks`` with reversible backprop, except those a module hook acts on,
-    which run under ordinary autograd; return the streams after the blocks in ``keep``."""
-    ordinary = [has_hooks(block) for block in blocks]
+    """Run ``blocks`` with reversible backprop, except those a module hook acts on
+    (other than FSDP2's ``fully_shard`` on the block itself), which run under ordinary
+    autograd; return the streams after the blocks in ``keep``."""
+    ordinary = [has_hooks(block, but_fsdp2=True) for block in blocks]
     if any(ordinary):
         warnings.warn(
             f'Module hooks act on reversible blocks '
-            f'{[i for i, hooked in enumerate(ordinary) if hooked]} (forward, pre-forward '
-            f'or backward hooks, e.g. FSDP2\'s fully_shard): those run with ordinary '
-            f'backprop (their activations kept), so that the hooks see and do what they '
-            f'would without reversible backprop', stacklevel=3)
+            f'{[i for i, hooked in enumerate(ordinary) if hooked]} or inside them '
+            f'(forward, pre-forward or backward hooks, e.g. FSDP2\'s fully_shard on F '
+            f'and G): those run with ordinary backprop (their activations kept), so that '
+            f'the hooks see and do what they would without reversible backprop; shard '
+            f'whole blocks to keep reversible backprop', stacklevel=3)
     outs, handoff, last = [], {}, len(blocks) - 1
     for i, block in enumerate(blocks):
         if ordinary[i]:
             x1, x2 = block(x1, x2)
         else:
-            save_outputs = i in keep or i == last or ordinary[i + 1]
-            hand_down = i > 0 and not ordinary[i - 1]
-            x1, x2 = _ReversibleBlockFunction.apply(
-                x1, x2, block, handoff, i, save_outputs, hand_down,
-                *block.trainable_parameters())
+            forward = partial(_apply_block, block=block, handoff=handoff, index=i,
+                              save_outputs=i in keep or i == last or ordinary[i + 1],
+                              hand_down=i > 0 and not ordinary[i - 1])
+            x1, x2 = (_call_through_hooks(block, forward, x1, x2)
+                      if fsdp2_state(block) is not None else forward(x1, x2))
         if i in keep:
             outs.append((x1, x2))
     return outs
@@ -95,9 +120,10 @@ class ReversibleSequence(nn.ModuleList):
 
     - a block that a module hook acts on (on the block or inside it, e.g. a feature
       extractor's forward hook, ``register_full_backward_hook``, FSDP2's
-      ``fully_shard`` on the block or its branches) runs under ordinary autograd, with
-      a warning: hooks behave as without reversible backprop, and that block keeps its
-      activations;
+      ``fully_shard`` on its branches) runs under ordinary autograd, with a warning:
+      hooks behave as without reversible backprop, and that block keeps its
+      activations. FSDP2's ``fully_shard`` on whole blocks keeps reversible backprop:
+      each block's parameters are gathered for its forward and again for its backward;
     - under ``torch.compile`` the stack runs uncompiled (a graph break): its reruns in
       backward replay the eager RNG, which compiled dropout does not draw from;
     - a second backward (``retain_graph=True``) must start above the stack's last

@@ -6,8 +6,12 @@ its backward to run through autograd (``register_full_backward_hook``), or keep 
 tensors a module returns. Reversible backprop inverts the bare block, runs no autograd
 graph through it and writes sums into fresh branch outputs, so a block with hooks runs
 under ordinary autograd instead (see :class:`~mmrev.reversible.ReversibleSequence`) and
-no output a hook can see is written in place.
+no output a hook can see is written in place. The one exception is FSDP2's
+``fully_shard`` on a block itself, whose hooks reversible backprop runs as they expect.
 """
+from typing import Any, Optional
+
+import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
@@ -16,9 +20,25 @@ _GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks',
 _HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
 
 
-def has_hooks(module: nn.Module) -> bool:
+def fsdp2_state(module: nn.Module) -> Optional[Any]:
+    """The state of FSDP2's ``fully_shard`` on ``module`` itself (None if not sharded)."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    return fully_shard.state(module) if isinstance(module, FSDPModule) else None
+
+
+def has_hooks(module: nn.Module, but_fsdp2: bool = False) -> bool:
     """Whether a forward, forward-pre or backward hook is registered on ``module``, on a
-    module inside it, or for all modules (``torch.nn.modules.module.register_module_*``)."""
+    module inside it, or for all modules (``torch.nn.modules.module.register_module_*``);
+    with ``but_fsdp2``, leaving out those of FSDP2's ``fully_shard`` on ``module``."""
     if any(getattr(_module, name) for name in _GLOBAL_HOOKS):
         return True
-    return any(getattr(m, name) for m in module.modules() for name in _HOOKS)
+    own = fsdp2_state(module) if but_fsdp2 else None
+    for m in module.modules():
+        for name in _HOOKS:
+            hooks = getattr(m, name).values()
+            if any(m is not module or own is None or getattr(hook, '__self__', None)
+                   is not own for hook in hooks):
+                return True
+    return False

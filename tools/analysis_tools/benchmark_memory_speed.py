@@ -62,9 +62,9 @@ Examples (the README's tables)::
     python tools/analysis_tools/benchmark_memory_speed.py --model revmvit \\
         --batch-sizes 2 4 --img-sizes 224 --threads 1 --clock cpu --steps 5 \\
         --mem-repeats 2 --out-dir docs/benchmark/revmvit
-    python tools/analysis_tools/benchmark_memory_speed.py --arch small --depths 12 \
-        --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu --steps 5 --no-memory \
-        --cases mmrev-rev mmrev-rev-compiled mmrev-ordinary mmrev-ordinary-compiled \
+    python tools/analysis_tools/benchmark_memory_speed.py --arch small --depths 12 \\
+        --batch-sizes 8 --img-sizes 224 --threads 1 --clock cpu --steps 5 --no-memory \\
+        --cases mmrev-rev mmrev-rev-compiled mmrev-ordinary mmrev-ordinary-compiled \\
         mmpretrain-vit mmpretrain-vit-compiled --out-dir docs/benchmark/compile
 """
 import argparse

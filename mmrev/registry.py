@@ -9,6 +9,7 @@ from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmrev',
@@ -22,3 +23,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
                                       scope='mmrev', locations=['mmrev.engine.optimizers'])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='mmrev',
                      locations=['mmrev.engine.hooks.random_state_hook'])
+STRATEGIES = Registry('strategy', parent=MMENGINE_STRATEGIES, scope='mmrev',
+                      locations=['mmrev.engine.fully_shard'])

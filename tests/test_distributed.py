@@ -227,8 +227,9 @@ def fsdp_step(model, inputs: torch.Tensor) -> None:
     loss.backward()
     with torch.no_grad():
         for param in model.parameters():
-            param -= LR * param.grad
-            param.grad = None
+            if param.grad is not None:  # FSDP1: none for an empty shard
+                param -= LR * param.grad
+                param.grad = None
 
 
 def saved_bytes(model, inputs: torch.Tensor) -> int:
@@ -245,8 +246,48 @@ def saved_bytes(model, inputs: torch.Tensor) -> int:
     return sum(sizes)
 
 
-def fsdp_rank(rank: int) -> dict:
+FSDP1_WRAPPINGS = [(use_orig_params, blocks) for use_orig_params in (False, True)
+                   for blocks in (False, True)]
+
+
+def fsdp1_backbone(use_orig_params: bool, blocks: bool, reversible: bool):
+    """The backbone of :func:`fsdp_backbone` under FSDP1 (``FullyShardedDataParallel``),
+    on the root and, with ``blocks``, on each block."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from mmrev.reversible import ReversibleBlock
+    model = fsdp_backbone()
+    set_reversible(model, reversible)
+    return FullyShardedDataParallel(
+        model, device_id=torch.device('cpu'), use_orig_params=use_orig_params,
+        auto_wrap_policy=ModuleWrapPolicy({ReversibleBlock}) if blocks else None)
+
+
+def fsdp1_rank(rank: int) -> dict:
+    """For each FSDP1 wrapping: the error of a reversible step, and the parameters after
+    training with ordinary backprop."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
     results = {}
+    for wrapping in FSDP1_WRAPPINGS:
+        inputs = [global_batch(i)['inputs'].chunk(WORLD)[rank] for i in range(ITERS)]
+        try:
+            fsdp_step(fsdp1_backbone(*wrapping, reversible=True), inputs[0])
+            error = ''
+        except RuntimeError as caught:
+            error = str(caught)
+        model = fsdp1_backbone(*wrapping, reversible=False)
+        for batch in inputs:
+            fsdp_step(model, batch)
+        with FullyShardedDataParallel.summon_full_params(model):
+            params = {name.replace('_fsdp_wrapped_module.', ''): param.detach().clone()
+                      for name, param in model.named_parameters()}
+        results[str(wrapping)] = dict(error=error, params=params)
+    return results
+
+
+def fsdp_rank(rank: int) -> dict:
+    results = dict(fsdp1=fsdp1_rank(rank))
     for wrapping in FSDP_WRAPPINGS:
         model = fsdp_backbone(wrapping)
         with warnings.catch_warnings(record=True) as caught:
@@ -285,6 +326,107 @@ def test_fsdp2_matches_one_process(fsdp_results, wrapping):
         shallow, deep = results[wrapping]['saved']
         assert (deep > shallow) if wrapping == 'branches' else (deep == shallow), (
             shallow, deep)
+
+
+@pytest.mark.parametrize('use_orig_params, blocks', FSDP1_WRAPPINGS)
+def test_fsdp1_refused_with_reversible_backprop_trains_with_ordinary(
+        fsdp_results, use_orig_params, blocks):
+    """FSDP1 on the root or on each block, with or without ``use_orig_params``: a
+    reversible step raises an error that names FSDP2's ``fully_shard`` and
+    ``reversible=False`` (it failed unclearly, or trained the blocks on no gradients);
+    with ordinary backprop, the parameters of one process."""
+    model = fsdp_backbone()
+    set_reversible(model, False)
+    for i in range(ITERS):
+        fsdp_step(model, global_batch(i)['inputs'])
+    expected = {name: param.detach() for name, param in model.named_parameters()}
+    for results in fsdp_results:
+        case = results['fsdp1'][str((use_orig_params, blocks))]
+        assert 'FSDP1' in case['error'] and 'fully_shard' in case['error'] and (
+            'reversible=False' in case['error']), case['error']
+        errors = parameter_errors(case['params'], expected)
+        assert max(errors.values()) <= 1e-5, errors
+
+
+MOMENTUM = 0.9  # optimizer state, which resuming must restore
+
+
+def fully_shard_runner(work_dir: str, rank: int, resume: bool = False):
+    """mmengine's FlexibleRunner with mmrev's FSDP2 strategy on a tiny RevViT classifier
+    (``rank``'s half of each global batch), checkpointing every other iteration."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.runner import FlexibleRunner
+    samples = [dict(inputs=inputs, data_samples=sample) for i in range(ITERS)
+               for inputs, sample in zip(*rank_batch(i, rank).values())]
+    return FlexibleRunner(
+        model=classifier(Case('RevViT', True)), work_dir=work_dir, launcher='pytorch',
+        strategy=dict(type='mmrev.FullyShardStrategy'),
+        experiment_name='resumed' if resume else 'run', default_scope='mmpretrain',
+        env_cfg=dict(dist_cfg=dict(backend='gloo')),
+        train_dataloader=torch.utils.data.DataLoader(samples, batch_size=RANK_BATCH,
+                                                     collate_fn=pseudo_collate),
+        train_cfg=dict(by_epoch=False, max_iters=ITERS),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=LR, momentum=MOMENTUM)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=ITERS // 2,
+                                           by_epoch=False)),
+        resume=resume)
+
+
+def fully_shard_rank(rank: int) -> dict:
+    """Train with FullyShardStrategy; then resume the half-way checkpoint in a second
+    work dir and train to the end again. The checkpoints' state dicts, from rank 0."""
+    import shutil
+
+    from torch.distributed.fsdp import FSDPModule
+    work_dir = Path(os.environ['FULLY_SHARD_DIR'])
+    runner = fully_shard_runner(str(work_dir / 'run'), rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        runner.train()
+    resumed = work_dir / 'resumed'
+    if rank == 0:
+        resumed.mkdir()
+        shutil.copy(work_dir / 'run' / f'iter_{ITERS // 2}.pth', resumed)
+        (resumed / 'last_checkpoint').write_text(str(resumed / f'iter_{ITERS // 2}.pth'))
+    dist.barrier()
+    fully_shard_runner(str(resumed), rank, resume=True).train()
+    results = dict(warned=any('ordinary backprop' in str(w.message) for w in caught),
+                   sharded=[isinstance(block, FSDPModule)
+                            for block in runner.model.backbone.layers])
+    if rank == 0:
+        for name in ('run', 'resumed'):
+            checkpoint = torch.load(work_dir / name / f'iter_{ITERS}.pth', weights_only=False)
+            results[name] = dict(
+                params=checkpoint['state_dict'], iter=checkpoint['meta']['iter'],
+                momenta={key: state['momentum_buffer']
+                         for key, state in checkpoint['optimizer']['state'].items()})
+    return results
+
+
+def test_fully_shard_strategy_trains_saves_and_resumes(tmp_path, monkeypatch):
+    """FlexibleRunner(strategy=dict(type='mmrev.FullyShardStrategy')) on 2 gloo processes:
+    every block sharded on its own, reversible backprop kept (no fallback warning), the
+    parameters and SGD momenta of one process on the whole batches (1e-5), saved as full
+    state dicts; resuming the half-way checkpoint ends where training straight through
+    did."""
+    monkeypatch.setenv('FULLY_SHARD_DIR', str(tmp_path))
+    results = spawn_ranks(fully_shard_rank, tmp_path)
+    assert not any(r['warned'] for r in results)
+    assert all(all(r['sharded']) for r in results), results
+    model = classifier(Case('RevViT', True))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    train(model, OptimWrapper(optimizer=optimizer),
+          [concatenated_batch(range(i, i + 1)) for i in range(ITERS)])
+    expected = model.state_dict()
+    momenta = {name: optimizer.state[param]['momentum_buffer']
+               for name, param in model.named_parameters()}
+    for name in ('run', 'resumed'):
+        saved = results[0][name]
+        errors = parameter_errors(saved['params'], expected)
+        assert max(errors.values()) <= 1e-5, (name, errors)
+        errors = parameter_errors(saved['momenta'], momenta)
+        assert max(errors.values()) <= 1e-5, (name, errors)
+        assert saved['iter'] == ITERS
 
 
 def train_on_one_batch(backbone: str, reversible: bool, wrapper: Callable,

@@ -1,6 +1,7 @@
 """Runtime parts of mmrev: checkpoint loading (:mod:`~mmrev.engine.checkpoint`), mixed
-precision (:mod:`~mmrev.engine.amp`), CPU distributed set-up, the reversible-backprop
-and crash-safe checkpoint hooks and the layer-decay optimizer constructor. Each
+precision (:mod:`~mmrev.engine.amp`), CPU distributed set-up, FSDP2 sharding for
+mmengine's FlexibleRunner, the reversible-backprop and crash-safe checkpoint hooks and
+the layer-decay optimizer constructor. Each
 submodule is imported when first used (``from mmrev.engine import X`` or a config naming
 ``mmrev.X``), so that loading checkpoints does not import mmpretrain."""
 import importlib
@@ -10,6 +11,7 @@ _EXPORTS = {
     'amp_optim_wrapper': 'amp',
     'load_checkpoint_file': 'checkpoint',
     'setup_cpu_distributed': 'distributed',
+    'FullyShardStrategy': 'fully_shard',
     'AtomicCheckpointHook': 'hooks',
     'RandomStateHook': 'hooks',
     'ReversibleBackpropHook': 'hooks',

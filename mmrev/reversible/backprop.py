@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .block import InvertibleBlock, Streams
 from .coupling import ReversibleBlock, to_fixed_point
-from .module_hooks import fsdp2_state, has_hooks
+from .module_hooks import fsdp1_flattened, fsdp2_state, has_hooks
 from .recomputation import EAGER_REASON, call, defers_to_backward, recompute, refuse_double_backward
 
 
@@ -86,6 +86,15 @@ def _run_reversibly(blocks: Sequence[InvertibleBlock], x1: Tensor, x2: Tensor,
     """Run ``blocks`` with reversible backprop, except those a module hook acts on
     (other than FSDP2's ``fully_shard`` on the block itself), which run under ordinary
     autograd; return the streams after the blocks in ``keep``."""
+    if fsdp1_flattened(blocks):
+        raise RuntimeError(
+            'FSDP1 (FullyShardedDataParallel, mmengine\'s FSDPStrategy) flattens the '
+            'parameters of reversible blocks, which reversible backprop cannot '
+            'differentiate when it reruns the blocks in backward. Shard with FSDP2 '
+            'instead (torch.distributed.fsdp.fully_shard on each reversible block and on '
+            'the root; with mmengine, the FlexibleRunner strategy mmrev.FullyShardStrategy), '
+            'or train with ordinary backprop (reversible=False, or '
+            'mmrev.reversible.set_reversible(model, False)), which FSDP1 supports')
     ordinary = [has_hooks(block, but_fsdp2=True) for block in blocks]
     if any(ordinary):
         warnings.warn(

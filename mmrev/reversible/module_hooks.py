@@ -8,6 +8,9 @@ graph through it and writes sums into fresh branch outputs, so a block with hook
 under ordinary autograd instead (see :class:`~mmrev.reversible.ReversibleSequence`) and
 no output a hook can see is written in place. The one exception is FSDP2's
 ``fully_shard`` on a block itself, whose hooks reversible backprop runs as they expect.
+FSDP1 (``FullyShardedDataParallel``) replaces a module's parameters with views of its
+flat parameters, which reversible backprop cannot differentiate in its reruns: it is
+detected (:func:`fsdp1_flattened`) and refused.
 """
 from typing import Any, Optional
 
@@ -26,6 +29,25 @@ def fsdp2_state(module: nn.Module) -> Optional[Any]:
         return None
     from torch.distributed.fsdp import FSDPModule, fully_shard
     return fully_shard.state(module) if isinstance(module, FSDPModule) else None
+
+
+def fsdp1_flattened(module: nn.Module) -> bool:
+    """Whether FSDP1 (``FullyShardedDataParallel``) wraps a module inside ``module`` or
+    has flattened its parameters (``use_orig_params=True``: the parameters are marked;
+    ``False``: they are replaced by views of the flat parameter while it runs)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp._common_utils import _is_fsdp_flattened
+
+    def flattened(tensor: Any) -> bool:
+        return isinstance(tensor, torch.Tensor) and (
+            _is_fsdp_flattened(tensor)
+            or tensor._base is not None and _is_fsdp_flattened(tensor._base))
+
+    return any(isinstance(m, FullyShardedDataParallel)
+               or any(map(flattened, m._parameters.values()))
+               or any(map(flattened, vars(m).values())) for m in module.modules())
 
 
 def has_hooks(module: nn.Module, but_fsdp2: bool = False) -> bool:

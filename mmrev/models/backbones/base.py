@@ -87,6 +87,7 @@ class ReversibleBackbone(BaseBackbone):
         clips (t, h, w) with ``separable``, a spatial (h * w) and a temporal (t) one
         that add up (SlowFast's ``SEP_POS_EMBED``)."""
         self.patch_resolution = tuple(grid)
+        self.separable_pos_embed = separable
         if separable:
             self.pos_embed_spatial = nn.Parameter(
                 torch.zeros(1, math.prod(grid[1:]), embed_dims))
@@ -96,7 +97,7 @@ class ReversibleBackbone(BaseBackbone):
 
     def _pos_embed_tables(self) -> Dict[str, Tuple[nn.Parameter, Tuple[int, ...]]]:
         """Each position embedding table by name, with the grid it is made for."""
-        if 'pos_embed' in self._parameters:
+        if not self.separable_pos_embed:
             return dict(pos_embed=(self.pos_embed, self.patch_resolution))
         return dict(pos_embed_spatial=(self.pos_embed_spatial, self.patch_resolution[1:]),
                     pos_embed_temporal=(self.pos_embed_temporal, self.patch_resolution[:1]))
@@ -105,7 +106,7 @@ class ReversibleBackbone(BaseBackbone):
         """The position embedding of a (1, *grid, C) token map, interpolated from the
         grid it is made for when they differ."""
         grid = tuple(grid)
-        if 'pos_embed' in self._parameters:
+        if not self.separable_pos_embed:
             return grid_pos_embed(self.pos_embed, self.patch_resolution, grid)
         spatial = grid_pos_embed(self.pos_embed_spatial, self.patch_resolution[1:], grid[1:])
         temporal = grid_pos_embed(self.pos_embed_temporal, self.patch_resolution[:1],

@@ -35,8 +35,8 @@ def fsdp1_flattened(module: nn.Module) -> bool:
     """Whether FSDP1 (``FullyShardedDataParallel``) wraps a module inside ``module`` or
     has flattened its parameters (``use_orig_params=True``: the parameters are marked;
     ``False``: they are replaced by views of the flat parameter while it runs)."""
-    if not torch.distributed.is_available():
-        return False
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False  # FSDP1 needs a process group: no walk over the modules without one
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp._common_utils import _is_fsdp_flattened
 

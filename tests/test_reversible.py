@@ -1,5 +1,6 @@
 """The engine alone, on toy sub-functions: coupling, inverse, reversible backprop."""
 from contextlib import nullcontext
+from functools import partial
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ from mmrev.reversible import (
     ReversibleBlock,
     ReversibleSequence,
     affine,
+    call,
     momentum,
+    recompute,
 )
-from mmrev.testing import backprop_gradients, gradient_errors
+from mmrev.testing import backprop_gradients, gradient_errors, saved_tensor_bytes
 
 
 class Stack(nn.Module):
@@ -303,3 +306,41 @@ def test_exact_mode_streams_are_fixed_point():
                                             coupling=momentum(0.5))], exact_bits=8)
     with pytest.raises(ValueError, match='exact_bits must be in'):
         ReversibleSequence([], exact_bits=60)
+
+
+def test_recompute_chain_with_regenerate_keeps_only_its_inputs():
+    """A part made with regenerate=True is not kept by the recomputed parts that take its
+    output: in backward it reruns once for all of them (its dropout replayed; chunked as
+    asked), so the chain keeps only its input, with the gradients of ordinary backprop."""
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3))
+    second = nn.Sequential(nn.Linear(8, 8), nn.GELU())  # token-wise: may rerun in chunks
+    last = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3))
+    model = nn.ModuleList([first, second, last])
+    runs = []
+    first.register_forward_hook(lambda *_: runs.append('first'))
+
+    def chain(x, run, regenerate):
+        a = run(first, x, regenerate=regenerate)
+        b = run(second, a, regenerate=regenerate, chunks=2)
+        return run(lambda b, a: last(b) * a, b, a, params=list(last.parameters()))
+
+    x = torch.randn(4, 6, 8)
+    grads, kept = {}, {}
+    for name, run, regenerate in [('ordinary', call, False), ('kept', recompute, False),
+                                  ('regenerated', recompute, True)]:
+        kept[name] = saved_tensor_bytes(model, partial(chain, x, run, regenerate))
+        torch.manual_seed(1)
+        inputs = x.clone().requires_grad_()
+        out = chain(inputs, run, regenerate)
+        runs.clear()
+        out.square().sum().backward()
+        assert runs == {'ordinary': [], 'kept': ['first'],
+                        'regenerated': ['first', 'first']}[name]  # reruns in backward
+        grads[name] = [inputs.grad] + [p.grad for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+    for name in ('kept', 'regenerated'):
+        for actual, expected in zip(grads[name], grads['ordinary']):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert kept['regenerated'] == x.nbytes  # the chain's input alone
+    assert kept['kept'] == 3 * x.nbytes  # also the outputs of first and second

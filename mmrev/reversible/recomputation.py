@@ -5,7 +5,9 @@ and autocast), so the rerun draws the same random numbers and computes the same 
 a module's buffers (running statistics) are left as the forward left them.
 :func:`recompute_vjp` is the backward step of every reversible block;
 :func:`recompute` runs a non-invertible function (a RevMViT stage transition) so that
-only its inputs are kept for backward.
+only its inputs are kept for backward. A chain of :func:`recompute` calls can keep only
+the chain's inputs: a call made with ``regenerate=True`` lets the calls that take its
+outputs keep, instead of them, the way to regenerate them in backward.
 """
 from contextlib import nullcontext
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -36,6 +38,23 @@ def _sum(total: Optional[Tensor], part: Optional[Tensor]) -> Optional[Tensor]:
     return part if total is None else total if part is None else total.add_(part)
 
 
+def _chunks(state: ForwardState, chunks: int) -> int:
+    """The chunks of a rerun: none under autocast (see :func:`recompute_vjp`)."""
+    return 1 if state.autocast_enabled else chunks
+
+
+def _forward_again(fn: Callable, inputs: Sequence[Tensor], state: ForwardState,
+                   chunks: int = 1) -> Tuple[Tensor, ...]:
+    """The outputs of ``fn(*inputs)`` again, without grad, under ``state``; in
+    ``chunks`` along dim 1 as :func:`recompute_vjp` reruns."""
+    chunks = _chunks(state, chunks)
+    parts = []
+    for xs in zip(*(x.chunk(chunks, 1) for x in inputs)):
+        with torch.no_grad(), _keeping_buffers(fn), state.replay():
+            parts.append(_as_tuple(fn(*xs)))
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(p, 1) for p in zip(*parts))
+
+
 def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
                   grad_outputs: Sequence[Optional[Tensor]], state: ForwardState,
                   params: Sequence[Tensor], chunks: int = 1
@@ -52,7 +71,7 @@ def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
     rows, and the gradients would differ from ordinary backprop by that rounding.
     """
     params = list(params)
-    chunks = 1 if state.autocast_enabled else chunks
+    chunks = _chunks(state, chunks)
     outputs, input_grads, param_grads = [], [], [None] * len(params)
     parts = [x.chunk(chunks, 1) for x in inputs]
     grad_parts = [g.chunk(chunks, 1) if g is not None else [None] * chunks
@@ -89,24 +108,56 @@ def refuse_double_backward() -> None:
 
 class _Recompute(torch.autograd.Function):
     """``fn(*inputs)`` as one autograd node that saves only its inputs. Its parameters
-    are inputs of the node, and their gradients its outputs, as for any autograd op."""
+    are inputs of the node, and their gradients its outputs, as for any autograd op.
+
+    An input made by a node with ``regenerate`` on is not saved: the node that made it
+    reruns (without grad, from its own kept inputs) when a backward first needs it, and
+    keeps the result until its own backward, which comes after all its consumers'."""
 
     @staticmethod
-    def forward(ctx, fn: Callable, chunks: int, num_inputs: int, *tensors: Tensor):
-        inputs = tensors[:num_inputs]
-        ctx.fn, ctx.chunks, ctx.num_params = fn, chunks, len(tensors) - num_inputs
+    def forward(ctx, fn: Callable, chunks: int, regenerate: bool, sources: list,
+                *tensors: Tensor):
+        inputs = tensors[:len(sources)]
+        ctx.fn, ctx.chunks, ctx.regenerate, ctx.sources = fn, chunks, regenerate, sources
+        ctx.regenerated = None
         ctx.state = ForwardState(inputs[0])
-        ctx.save_for_backward(*tensors)
+        ctx.save_for_backward(*(None if source else x for x, source in zip(inputs, sources)),
+                              *tensors[len(sources):])
         return fn(*inputs)
 
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor) -> tuple:
         refuse_double_backward()
-        tensors = ctx.saved_tensors
-        split = len(tensors) - ctx.num_params
+        inputs, params = _kept_inputs(ctx)
+        ctx.regenerated = None  # every consumer's backward has run
         _, input_grads, param_grads = recompute_vjp(
-            ctx.fn, tensors[:split], grad_outputs, ctx.state, tensors[split:], ctx.chunks)
-        return (None, None, None, *input_grads, *param_grads)
+            ctx.fn, inputs, grad_outputs, ctx.state, params, ctx.chunks)
+        return (None, None, None, None, *input_grads, *param_grads)
+
+
+def _source(x: Tensor) -> Optional[Tuple[object, int]]:
+    """``(node, output index)`` if ``x`` is an output of a :func:`recompute` node made
+    with ``regenerate=True``, else None."""
+    node = x.grad_fn
+    if isinstance(node, _Recompute._backward_cls) and node.regenerate:
+        return node, x.output_nr
+    return None
+
+
+def _kept_inputs(ctx) -> Tuple[List[Tensor], List[Tensor]]:
+    """The inputs of a :class:`_Recompute` node (saved or regenerated) and its
+    parameters."""
+    saved = ctx.saved_tensors
+    inputs = [x if source is None else _regenerated(*source)
+              for x, source in zip(saved, ctx.sources)]
+    return inputs, list(saved[len(ctx.sources):])
+
+
+def _regenerated(node, index: int) -> Tensor:
+    if node.regenerated is None:
+        node.regenerated = _forward_again(node.fn, _kept_inputs(node)[0], node.state,
+                                          node.chunks)
+    return node.regenerated[index]
 
 
 def defers_to_backward() -> bool:
@@ -120,7 +171,7 @@ EAGER_REASON = ('reruns in backward replay the eager RNG, which compiled random 
 
 
 def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
-         chunks: int = 1):
+         chunks: int = 1, regenerate: bool = False):
     """``fn(*inputs)`` under ordinary autograd: :func:`recompute`'s signature, so that a
     model can take either as the way to run its parts."""
     return fn(*inputs)
@@ -128,7 +179,7 @@ def call(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = Non
 
 @torch.compiler.disable(reason=EAGER_REASON)
 def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] = None,
-              chunks: int = 1):
+              chunks: int = 1, regenerate: bool = False):
     """``fn(*inputs)``, keeping only ``inputs`` for backward, which reruns ``fn``.
 
     Like non-reentrant ``torch.utils.checkpoint``, with the reversible blocks' rules:
@@ -144,6 +195,11 @@ def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] 
         *inputs: its tensor arguments.
         params: the tensors ``fn`` uses besides ``inputs`` that need gradients.
         chunks: rerun in this many chunks along dim 1 (see :func:`recompute_vjp`).
+        regenerate: let the later :func:`recompute` calls that take an output of this
+            one as an input keep, instead of it, the way to regenerate it: in backward
+            this call reruns without grad when the first of them needs it, and the
+            result is kept until this call's own backward. Less memory from the forward
+            to the backward, for one more forward of ``fn``.
     """
     if params is None:
         if not isinstance(fn, nn.Module):
@@ -152,4 +208,5 @@ def recompute(fn: Callable, *inputs: Tensor, params: Optional[Sequence[Tensor]] 
         params = trainable_parameters(fn)
     if not defers_to_backward():
         return fn(*inputs)
-    return _Recompute.apply(fn, chunks, len(inputs), *inputs, *params)
+    sources = [_source(x) for x in inputs]
+    return _Recompute.apply(fn, chunks, regenerate, sources, *inputs, *params)

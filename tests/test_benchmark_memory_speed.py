@@ -111,6 +111,10 @@ def test_checkpointed_case_wraps_every_block_and_keeps_reversible_off():
     assert all(isinstance(s.transition, bm.CheckpointedBlock) for s in model.stages[1:])
     mvit = revmvit().build('mmpretrain-mvit-ckpt', depth=5, img_size=64)
     assert all(isinstance(b, bm.CheckpointedBlock) for b in mvit.blocks)
+    for case in ('mmrev-rev', 'mmrev-rev-keep'):
+        model = revmvit().build(case, depth=5, img_size=64)
+        assert model.reversible
+        assert all(s.transition.keep_maps == case.endswith('keep') for s in model.stages[1:])
 
 
 def test_revmvit_depth_moves_the_last_transition():

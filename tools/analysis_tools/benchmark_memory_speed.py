@@ -18,6 +18,8 @@ breaks of its training forward (``graph breaks``, from ``torch._dynamo.explain``
 ``--model revmvit`` (RevMViT; depth: its layers, the last transition moved with it):
 
     mmrev-rev             mmrev RevMViT with reversible backprop
+    mmrev-rev-keep        the same, keeping the maps inside the stage transitions
+                          (``keep_transition_maps=True``)
     mmrev-ordinary        the same model, ordinary backprop
     mmrev-ckpt            the same model, ordinary backprop, every reversible block and
                           stage transition under ``torch.utils.checkpoint``
@@ -221,14 +223,15 @@ class RevViTFamily(Family):
 
 
 class RevMViTFamily(Family):
-    """RevMViT against ordinary backprop and per-block checkpointing (every reversible
+    """RevMViT (stage transitions regenerating their maps, or keeping them) against
+    ordinary backprop and per-block checkpointing (every reversible
     block and stage transition) of the same model, and mmpretrain's ``MViT`` (MViTv2)
     ordinary and with per-block checkpointing. ``depth``: RevMViT layers, the stage
     transitions at layers 1, 3 and depth - 2 (``base``: 16 layers, 1, 3, 14); mmpretrain's
     MViT keeps the depth of its arch (``--mvit-arch``)."""
 
-    cases = ('mmrev-rev', 'mmrev-ordinary', 'mmrev-ckpt', 'mmpretrain-mvit',
-             'mmpretrain-mvit-ckpt')
+    cases = ('mmrev-rev', 'mmrev-rev-keep', 'mmrev-ordinary', 'mmrev-ckpt',
+             'mmpretrain-mvit', 'mmpretrain-mvit-ckpt')
     eval_cases = ('mmrev-rev', 'mmpretrain-mvit')
     baseline = 'mmpretrain-mvit'
     default_arch = 'base'
@@ -240,7 +243,8 @@ class RevMViTFamily(Family):
     def backbone_kwargs(self, arch: str, config: str = None) -> dict:
         from mmrev.models import RevMViT
         kwargs = _backbone_of_config(config, 'RevMViT') if config else dict(arch=arch)
-        for key in ('out_type', 'out_scales', 'frozen_stages', 'reversible'):
+        for key in ('out_type', 'out_scales', 'frozen_stages', 'reversible',
+                    'keep_transition_maps'):
             kwargs.pop(key, None)
         return dict(kwargs, arch=RevMViT._parse_arch(kwargs.get('arch', 'base')))
 
@@ -270,7 +274,8 @@ class RevMViTFamily(Family):
     def build_mmrev(self, case: str, depth: int, img_size: int, **kwargs) -> nn.Module:
         from mmrev.models import RevMViT
         model = RevMViT(**dict(self.kwargs, arch=self.arch_of_depth(depth),
-                               img_size=img_size, reversible=case == 'mmrev-rev', **kwargs))
+                               img_size=img_size, reversible=case.startswith('mmrev-rev'),
+                               keep_transition_maps=case == 'mmrev-rev-keep', **kwargs))
         if case == 'mmrev-ckpt':
             for stage in model.stages:
                 if stage.transition is not None:

@@ -322,8 +322,11 @@ def logged_losses(work_dir):
         return [json.loads(line)['loss'] for line in f if '"loss"' in line]
 
 
-def test_train_test_and_inference(tiny, coco, tmp_path):
-    config = tiny[1]
+def test_train_test_and_inference(coco, tmp_path):
+    """tools/train.py, tools/test.py and inference_detector with the RevMViT + FPN
+    detector (RevViT + SimpleFPN trains, validates and predicts in
+    test_digit_detection.py)."""
+    _, config, _ = make_tiny('revmvit', coco, str(tmp_path))
     work_dir = str(tmp_path / 'work')
     run_tool('train.py', config, '--work-dir', work_dir, '--no-validate')
     losses = logged_losses(work_dir)

@@ -1,5 +1,5 @@
 """The built-in digit detection task: the dataset writer, and a short detector fine-tune
-from a classifier checkpoint through tools/train.py and tools/test.py."""
+from a classifier checkpoint through tools/train.py (validating) and predict_image.py."""
 import json
 import re
 import subprocess

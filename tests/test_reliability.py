@@ -181,11 +181,11 @@ def test_broken_and_hostile_checkpoints_are_refused(tmp_path):
 
 
 def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_path):
-    """tools/train.py on the digits config (3 short epochs, reversible backprop, dropout
-    and drop path, validation every epoch, the random crops in the config's data loader
-    worker, not persistent and seeded by mmrev.seed_worker): killed with SIGKILL in the
-    third epoch and resumed with --resume, it ends with exactly the weights of the run
-    never killed."""
+    """tools/train.py on the digits config (3 short epochs of 4 iterations on 256 of the
+    images, reversible backprop, dropout and drop path, validation every epoch, the
+    random crops in the config's data loader worker, not persistent and seeded by
+    mmrev.seed_worker): killed with SIGKILL in the third epoch and resumed with
+    --resume, it ends with exactly the weights of the run never killed."""
     from mmrev.datasets.digits import prepare_digits
     data = tmp_path / 'digits'
     prepare_digits(str(data))
@@ -196,6 +196,7 @@ def test_resume_after_a_kill_ends_with_the_weights_of_the_run_never_stopped(tmp_
     options = [f'data_root={data}', f'train_dataloader.dataset.data_root={data}',
                f'val_dataloader.dataset.data_root={data}', 'model.backbone.drop_rate=0.1',
                'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+               'train_dataloader.dataset.indices=256', 'val_dataloader.dataset.indices=128',
                'train_cfg.max_epochs=3', 'train_cfg.val_interval=1',
                'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3',
                'default_hooks.logger.interval=2']

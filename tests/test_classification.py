@@ -229,10 +229,12 @@ def test_get_model_converts_slowfast_checkpoint_when_loading(fixture, name):
 # ---------------------------------------------------------------- tools/test.py
 
 
-@pytest.mark.parametrize('fixture', ['revvit_tiny', 'revmvit_tiny'])
-def test_test_tool_reproduces_slowfast_predictions(fixture, tmp_path):
+@pytest.mark.parametrize('fixture,as_shipped', [('revvit_tiny', False),
+                                                ('revmvit_tiny', True)])
+def test_test_tool_reproduces_slowfast_predictions(fixture, as_shipped, tmp_path):
     """tools/test.py on a converted SlowFast checkpoint predicts SlowFast's scores
-    for the fixture's input images."""
+    for the fixture's input images; ``as_shipped``: on the SlowFast checkpoint itself
+    too (converted as it is loaded, the same path for every architecture)."""
     converted = convert_slowfast_file(FIXTURES / f'{fixture}.pyth', tmp_path / 'model.pth')
     io = torch.load(FIXTURES / f'{fixture}_io.pt', weights_only=True)
     labels = io['logits'].argmax(dim=1).tolist()
@@ -260,7 +262,8 @@ test_evaluator = dict(topk=(1, ))
     torch.testing.assert_close(scores, io['output'], rtol=0, atol=1e-5)
     assert [int(p['pred_label']) for p in predictions] == labels
 
-    # the SlowFast checkpoint itself works too: converted as it is loaded
+    if not as_shipped:
+        return
     run_tool(ROOT / 'tools' / 'test.py', tmp_path / 'test_config.py', FIXTURES / f'{fixture}.pyth',
              '--work-dir', tmp_path / 'work', '--out', tmp_path / 'metrics.json',
              '--out-item', 'metrics')
@@ -308,9 +311,9 @@ def last_accuracy(work_dir: Path) -> float:
     return [r['accuracy/top1'] for r in records if 'accuracy/top1' in r][-1]
 
 
-def test_train_tool_learns_digits_and_resumes(digits_root, tmp_path):
+def test_train_tool_learns_digits(digits_root, tmp_path):
     """Two epochs of the Rev-MViT digits config (constant learning rate) go well above
-    chance (10 %); a third epoch resumes from the checkpoint of the second."""
+    chance (10 %). (Resuming with tools/train.py --resume: test_reliability.py.)"""
     config = tmp_path / 'digits_short.py'
     config.write_text(f"""
 _base_ = [{str(DIGITS_CONFIG)!r}]
@@ -322,20 +325,12 @@ val_dataloader = dict(num_workers=0, persistent_workers=False,
 test_dataloader = val_dataloader
 param_scheduler = [dict(type='ConstantLR', factor=1.0)]
 train_cfg = dict(max_epochs=2, val_interval=1)
-default_hooks = dict(checkpoint=dict(interval=1))
 """)
     work_dir = tmp_path / 'work'
     out = run_tool(ROOT / 'tools' / 'train.py', config, '--work-dir', work_dir)
     assert 'Peak training memory' in out
     assert (work_dir / 'epoch_2.pth').is_file()
     assert last_accuracy(work_dir) > 60
-
-    out = run_tool(ROOT / 'tools' / 'train.py', config, '--work-dir', work_dir, '--resume',
-                   '--cfg-options', 'train_cfg.max_epochs=3')
-    assert 'resumed epoch: 2, iter: 46' in out
-    assert 'Epoch(train) [3]' in out
-    assert 'Epoch(train) [1]' not in out and 'Epoch(train) [2]' not in out
-    assert (work_dir / 'epoch_3.pth').is_file()
 
 
 def test_amp_on_cpu_reconstructs_as_in_fp32(digits_root, tmp_path):

@@ -233,7 +233,9 @@ def fsdp_step(model, inputs: torch.Tensor) -> None:
 
 
 def saved_bytes(model, inputs: torch.Tensor) -> int:
-    """The bytes a training step's forward saves for backward."""
+    """The bytes a training step's forward saves for backward, each saved tensor by its
+    own size (:func:`mmrev.testing.saved_tensor_bytes` counts storages, which FSDP2's
+    sharded parameters, DTensors, do not expose)."""
     sizes = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:

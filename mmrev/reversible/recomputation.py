@@ -38,6 +38,11 @@ def _sum(total: Optional[Tensor], part: Optional[Tensor]) -> Optional[Tensor]:
     return part if total is None else total if part is None else total.add_(part)
 
 
+def _joined(parts: Sequence[Sequence[Tensor]]) -> Tuple[Tensor, ...]:
+    """Per-chunk tensors joined again along dim 1."""
+    return tuple(parts[0]) if len(parts) == 1 else tuple(torch.cat(p, 1) for p in zip(*parts))
+
+
 def _chunks(state: ForwardState, chunks: int) -> int:
     """The chunks of a rerun: none under autocast (see :func:`recompute_vjp`)."""
     return 1 if state.autocast_enabled else chunks
@@ -52,13 +57,13 @@ def _forward_again(fn: Callable, inputs: Sequence[Tensor], state: ForwardState,
     for xs in zip(*(x.chunk(chunks, 1) for x in inputs)):
         with torch.no_grad(), _keeping_buffers(fn), state.replay():
             parts.append(_as_tuple(fn(*xs)))
-    return parts[0] if len(parts) == 1 else tuple(torch.cat(p, 1) for p in zip(*parts))
+    return _joined(parts)
 
 
 def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
                   grad_outputs: Sequence[Optional[Tensor]], state: ForwardState,
                   params: Sequence[Tensor], chunks: int = 1
-                  ) -> Tuple[Tuple[Tensor, ...], Grads, Grads]:
+                  ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...], Grads]:
     """Rerun ``fn(*inputs)`` under ``state`` and backpropagate ``grad_outputs``.
 
     Returns the outputs (detached), the gradients of ``inputs`` (zeros where the outputs
@@ -90,10 +95,7 @@ def recompute_vjp(fn: Callable, inputs: Sequence[Tensor],
                             for x, grad in zip(xs, grads)])
         param_grads = [_sum(total, grad) for total, grad in zip(param_grads, grads[len(xs):])]
         outputs.append([o.detach() for o in out])
-    if len(outputs) == 1:
-        return tuple(outputs[0]), input_grads[0], param_grads
-    cat = [torch.cat(parts, 1) for parts in zip(*input_grads)]
-    return tuple(torch.cat(parts, 1) for parts in zip(*outputs)), cat, param_grads
+    return _joined(outputs), _joined(input_grads), param_grads
 
 
 def refuse_double_backward() -> None:
